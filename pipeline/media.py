@@ -1,0 +1,199 @@
+"""Decode media with ffmpeg (argument lists via ffmpeg-python, never a shell).
+
+All resampling happens here, once: every audio consumer gets 16 kHz mono float32.
+Frames come out as RGB uint8 at `media.decode_fps`, scaled so the long side is <= `media.max_side`.
+No system ffmpeg is assumed: the imageio-ffmpeg wheel's static binary is used when none is on PATH.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import ffmpeg
+import numpy as np
+
+
+class MediaError(RuntimeError):
+    """A media file could not be decoded; the message names the file and ffmpeg's reason."""
+
+
+class NoStreamError(MediaError):
+    """The file has no stream of the requested kind (e.g. a video without audio): an empty modality."""
+
+
+# Counts decodes per process (tests prove decode-once); EMOCACHE_DECODE_LOG also logs them to a file.
+DECODE_COUNTER: dict[str, int] = {"audio": 0, "frames": 0}
+
+
+def _log_decode(kind: str, path: str) -> None:
+    DECODE_COUNTER[kind] += 1
+    log = os.environ.get("EMOCACHE_DECODE_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kind": kind, "path": str(path)}) + "\n")
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg_version() -> str:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+@dataclass
+class MediaInfo:
+    path: str
+    duration: Optional[float]
+    has_audio: bool
+    has_video: bool
+    width: int = 0
+    height: int = 0
+    fps: Optional[float] = None
+    sample_rate: Optional[int] = None
+    channels: Optional[int] = None
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5})")
+_FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)")
+_AUDIO = re.compile(r"Stream #\S+.*?: Audio: [^,]+, (\d+) Hz, ([^,]+)")
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: file is empty (0 bytes)")
+    return p
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Streams and duration. ffprobe when installed; else ffmpeg's own header dump (the wheel has no ffprobe)."""
+    p = _check_file(path)
+    if shutil.which("ffprobe"):
+        try:
+            data = ffmpeg.probe(str(p), cmd="ffprobe")
+        except ffmpeg.Error as e:
+            raise MediaError(f"{p}: cannot read media: {_tail(e.stderr)}") from None
+        v = next((s for s in data["streams"] if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+        a = next((s for s in data["streams"] if s.get("codec_type") == "audio"), None)
+        dur = data.get("format", {}).get("duration")
+        fps = None
+        if v and v.get("avg_frame_rate", "0/0") != "0/0":
+            num, den = v["avg_frame_rate"].split("/")
+            fps = float(num) / float(den) if float(den) else None
+        return MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
+                         int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
+                         int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(p)], capture_output=True, text=True,
+                          errors="replace", timeout=60)
+    err = proc.stderr
+    if "Invalid data found" in err or "Duration" not in err:
+        raise MediaError(f"{p}: cannot read media: {_tail(err)}")
+    m = _DURATION.search(err)
+    dur = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+    vid = _VIDEO.search(err)
+    aud = _AUDIO.search(err)
+    fps = None
+    if vid:
+        line = err[vid.start():].split("\n", 1)[0]
+        f = _FPS.search(line)
+        fps = float(f[1]) if f else None
+    return MediaInfo(str(p), dur, aud is not None, vid is not None,
+                     int(vid[1]) if vid else 0, int(vid[2]) if vid else 0, fps,
+                     int(aud[1]) if aud else None, None)
+
+
+def _tail(stderr: bytes | str | None, n: int = 3) -> str:
+    if stderr is None:
+        return "(no message)"
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) or "(no message)"
+
+
+def _input(path: str, start: float, end: Optional[float]):
+    kw = {}
+    if start:
+        kw["ss"] = start
+    if end is not None:
+        kw["t"] = max(end - start, 0.0)
+    return ffmpeg.input(path, **kw)
+
+
+def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
+                 end: Optional[float] = None, timeout: float = 600.0) -> np.ndarray:
+    """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
+    p = _check_file(path)
+    _log_decode("audio", str(p))
+    stream = _input(str(p), start, end).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
+                                               ar=sample_rate, map="0:a:0")
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
+    proc = subprocess.run(args, capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        msg = _tail(proc.stderr)
+        if "matches no streams" in msg or "does not contain any stream" in msg:
+            raise NoStreamError(f"{p}: no audio stream")
+        raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
+    audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    if audio.size == 0 and (end is None or end > start):
+        raise MediaError(f"{p}: decoded 0 audio samples: {_tail(proc.stderr)}")
+    return audio
+
+
+def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Keep aspect; long side <= max_side; even sizes (yuv-friendly)."""
+    scale = min(1.0, max_side / max(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 640, start: float = 0.0,
+                  end: Optional[float] = None, info: Optional[MediaInfo] = None,
+                  timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W, 3) uint8 RGB, times (N,) seconds from `start`), sampled at `fps`."""
+    p = _check_file(path)
+    info = info or probe(p)
+    if not info.has_video or not info.width:
+        raise NoStreamError(f"{p}: no video stream")
+    w, h = target_size(info.width, info.height, max_side)
+    _log_decode("frames", str(p))
+    stream = (_input(str(p), start, end).video.filter("fps", fps=fps).filter("scale", w, h)
+              .output("pipe:", format="rawvideo", pix_fmt="rgb24"))
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
+    proc = subprocess.run(args, capture_output=True, timeout=timeout)
+    frame_bytes = w * h * 3
+    n = len(proc.stdout) // frame_bytes
+    if proc.returncode != 0 and n == 0:
+        raise MediaError(f"{p}: ffmpeg could not decode video: {_tail(proc.stderr)}")
+    if n == 0:
+        raise MediaError(f"{p}: decoded 0 video frames")
+    frames = np.frombuffer(proc.stdout[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
+    times = np.arange(n, dtype=np.float64) / fps
+    return frames, times
+
+
+def sample_indices(n_available: int, n_wanted: int) -> np.ndarray:
+    """T indices spread uniformly over the decoded frames (repeats when the clip has fewer frames)."""
+    if n_available <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.linspace(0, n_available - 1, n_wanted).round().astype(np.int64)

@@ -1,0 +1,421 @@
+"""The feature store: ragged per-clip rows for every extractor, crash-safe, append-only.
+
+Layout (same for every extractor; Zarr v3 by default, HDF5 on request):
+
+    <root>/<key>/                       key = extractor store key ('vggish', 'text.transcript', ...)
+        attrs: {"current": <fingerprint>}
+    <root>/<key>/<fingerprint>/         one group per (extractor, params, weights) fingerprint
+        attrs: {"meta": {extractor, version, params, weights{sha256, pretrained}, ...}}
+    <root>/<key>/<fingerprint>/<segment>/   an immutable batch of clips
+        arrays: <name> (R, ...) for every named output, 'times' (R, 2)
+        attrs:  {"committed": true, "index": {clip_ids, offsets, lengths, attrs}}   <- written LAST
+    <root>/_failures/<run_id>           attrs: {"rows": [{clip_id, path, stage, error}, ...]}
+
+A clip is visible only through a committed segment index, which is written after all of
+its rows; a process killed mid-segment leaves a segment without an index, which readers
+ignore and the next run deletes. Rows of one clip are contiguous inside one segment, so a
+clip reads in one or few chunk reads. Concurrent writers (Ray workers) use distinct segment
+names and never touch each other's segments.
+
+HDF5: `<root>` is a directory; every segment is one self-contained `.h5` file written under a
+temporary name and renamed into place (the commit), and JSON documents sit beside them.
+A single HDF5 file is not kill -9 safe, which is why the HDF5 form is one file per segment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from emocache.config import StoreConfig
+
+TIMES = "times"
+
+
+@dataclass
+class Entry:
+    """Where one clip's rows live."""
+
+    segment: str
+    offset: int
+    length: int
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class ClipRows:
+    arrays: dict[str, np.ndarray]
+    times: np.ndarray
+    attrs: dict
+
+
+def new_segment_id(writer: str = "") -> str:
+    # Sortable by time, unique across processes and machines.
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{writer or 'w'}-{uuid.uuid4().hex[:10]}"
+
+
+def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int, chunk_mb: float) -> int:
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
+    return int(max(1, min(1 << 20, (chunk_mb * (1 << 20)) // row_bytes)))
+
+
+# ---------------------------------------------------------------- backends
+class ZarrBackend:
+    def __init__(self, root: str, compressor: str, chunk_mb: float, storage_options: Optional[dict] = None):
+        import zarr
+
+        self.zarr = zarr
+        self.root_path = root
+        self.storage_options = storage_options
+        kw = {"storage_options": storage_options} if storage_options and "://" in root else {}
+        self.root = zarr.open_group(root, mode="a", zarr_format=3, **kw)
+        self.chunk_mb = chunk_mb
+        self.compressors = self._compressors(compressor)
+
+    def _compressors(self, name: str):
+        from zarr.codecs import BloscCodec, ZstdCodec
+
+        return {"none": None, "zstd": ZstdCodec(level=1),
+                "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")}[name]
+
+    def _group(self, path: str, create: bool = False):
+        try:
+            return self.root[path] if not create else self.root.require_group(path)
+        except KeyError:
+            if create:
+                raise
+            return None
+
+    def get_doc(self, path: str) -> Optional[dict]:
+        g = self._safe_open(path)
+        return dict(g.attrs) if g is not None else None
+
+    def put_doc(self, path: str, doc: dict) -> None:
+        g = self.root.require_group(path)
+        g.attrs.put(doc)  # one metadata write replaces all attrs
+
+    def children(self, path: str) -> list[str]:
+        g = self._safe_open(path) if path else self.root
+        if g is None:
+            return []
+        try:
+            return sorted(k for k, _ in g.groups())
+        except Exception:
+            # A half-written child (killed mid-metadata) must not hide the committed ones.
+            out = []
+            for name in sorted(self._list_dir(path)):
+                if self._safe_open(f"{path}/{name}") is not None:
+                    out.append(name)
+            return out
+
+    def _list_dir(self, path: str) -> list[str]:
+        import asyncio
+
+        async def _ls():
+            return [k async for k in self.root.store.list_dir(path)]
+
+        return asyncio.run(_ls())
+
+    def _safe_open(self, path: str):
+        try:
+            node = self.root[path]
+        except Exception:
+            return None
+        return node if isinstance(node, self.zarr.Group) else None
+
+    def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
+        g = self.root.require_group(path)
+        for name, a in arrays.items():
+            chunks = (_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), *a.shape[1:])
+            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=chunks if a.shape[0] else None,
+                               compressors=self.compressors, overwrite=True)
+            if a.size:
+                z[...] = a
+        g.attrs.put(doc)  # the commit: written after every row is on storage
+
+    def read_rows(self, path: str, name: str, start: int, stop: int) -> np.ndarray:
+        return self.root[f"{path}/{name}"][start:stop]
+
+    def read_all(self, path: str, name: str) -> np.ndarray:
+        return self.root[f"{path}/{name}"][...]
+
+    def delete(self, path: str) -> None:
+        try:
+            del self.root[path]
+        except KeyError:
+            pass
+
+
+class HDF5Backend:
+    """A directory of JSON docs and one .h5 file per segment (each renamed into place = committed)."""
+
+    def __init__(self, root: str, compressor: str, chunk_mb: float, storage_options: Optional[dict] = None):
+        if "://" in root:
+            raise ValueError(f"store.format hdf5 needs a local directory, got {root!r} (use zarr for object storage)")
+        import h5py
+
+        self.h5py = h5py
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.chunk_mb = chunk_mb
+        self.compression = {"none": None, "zstd": "gzip", "lz4": "lzf"}[compressor]
+
+    def _doc_path(self, path: str) -> Path:
+        return self.root / path / "_doc.json"
+
+    def get_doc(self, path: str) -> Optional[dict]:
+        p = self._doc_path(path)
+        if p.exists():
+            try:
+                return json.loads(p.read_text())
+            except json.JSONDecodeError:
+                return None
+        seg = self.root / f"{path}.h5"
+        if seg.exists():
+            with self.h5py.File(seg, "r") as f:
+                return json.loads(f.attrs["doc"])
+        return None
+
+    def put_doc(self, path: str, doc: dict) -> None:
+        p = self._doc_path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, default=str))
+        os.replace(tmp, p)
+
+    def children(self, path: str) -> list[str]:
+        d = self.root / path if path else self.root
+        if not d.is_dir():
+            return []
+        out = [c.name for c in d.iterdir() if c.is_dir()]
+        out += [c.name[:-3] for c in d.iterdir() if c.suffix == ".h5"]
+        return sorted(out)
+
+    def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
+        final = self.root / f"{path}.h5"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        with self.h5py.File(tmp, "w") as f:
+            for name, a in arrays.items():
+                chunks = (_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), *a.shape[1:]) if a.shape[0] else None
+                if chunks:
+                    chunks = (min(chunks[0], a.shape[0]), *chunks[1:])
+                f.create_dataset(name, data=a, chunks=chunks, compression=self.compression if a.size else None)
+            f.attrs["doc"] = json.dumps(doc, default=str)
+        os.replace(tmp, final)  # the commit
+
+    def read_rows(self, path: str, name: str, start: int, stop: int) -> np.ndarray:
+        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
+            return f[name][start:stop]
+
+    def read_all(self, path: str, name: str) -> np.ndarray:
+        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
+            return f[name][...]
+
+    def delete(self, path: str) -> None:
+        import shutil
+
+        p = self.root / path
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        for q in p.parent.glob(p.name + ".h5*") if p.parent.exists() else []:
+            q.unlink(missing_ok=True)
+
+    def stale_temp_files(self) -> list[Path]:
+        return list(self.root.rglob("*.h5.tmp*"))
+
+
+# ---------------------------------------------------------------- the store
+class FeatureStore:
+    def __init__(self, root: str | os.PathLike, fmt: str = "zarr", compressor: str = "none",
+                 chunk_mb: float = 8.0, storage_options: Optional[dict] = None):
+        self.root = str(root)
+        self.format = fmt
+        backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
+        self.backend = backend(self.root, compressor, chunk_mb, storage_options)
+        self._index_cache: dict[tuple[str, str], dict[str, Entry]] = {}
+
+    @classmethod
+    def for_family(cls, store_cfg: StoreConfig, base: Path, family: str,
+                   storage_options: Optional[dict] = None) -> "FeatureStore":
+        return cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
+                   store_cfg.chunk_mb, storage_options)
+
+    # -- metadata
+    def keys(self) -> list[str]:
+        return [k for k in self.backend.children("") if not k.startswith("_")]
+
+    def current_fingerprint(self, key: str) -> Optional[str]:
+        doc = self.backend.get_doc(key) or {}
+        return doc.get("current")
+
+    def set_current(self, key: str, fingerprint: str, meta: dict) -> None:
+        """Record the extractor's metadata under its fingerprint and make it the one readers use."""
+        self.backend.put_doc(f"{key}/{fingerprint}", {"meta": meta})
+        self.backend.put_doc(key, {"current": fingerprint})
+
+    def fingerprints(self, key: str) -> dict[str, dict]:
+        out = {}
+        for fp in self.backend.children(key):
+            doc = self.backend.get_doc(f"{key}/{fp}") or {}
+            out[fp] = doc.get("meta", {})
+        return out
+
+    def meta(self, key: str, fingerprint: Optional[str] = None) -> dict:
+        fp = fingerprint or self._require_current(key)
+        return (self.backend.get_doc(f"{key}/{fp}") or {}).get("meta", {})
+
+    def _require_current(self, key: str) -> str:
+        fp = self.current_fingerprint(key)
+        if fp is None:
+            raise KeyError(f"store {self.root} has no features for {key!r}; present: {self.keys() or 'none'}")
+        return fp
+
+    # -- index
+    def segments(self, key: str, fingerprint: str) -> tuple[dict[str, dict], list[str]]:
+        """(committed segment -> index doc, uncommitted segment names)."""
+        committed, pending = {}, []
+        for seg in self.backend.children(f"{key}/{fingerprint}"):
+            doc = self.backend.get_doc(f"{key}/{fingerprint}/{seg}")
+            if doc and doc.get("committed"):
+                committed[seg] = doc["index"]
+            else:
+                pending.append(seg)
+        return committed, pending
+
+    def index(self, key: str, fingerprint: Optional[str] = None, refresh: bool = False) -> dict[str, Entry]:
+        fp = fingerprint or self._require_current(key)
+        cache_key = (key, fp)
+        if refresh or cache_key not in self._index_cache:
+            idx: dict[str, Entry] = {}
+            committed, _ = self.segments(key, fp)
+            for seg in sorted(committed):  # later segments win for a clip committed twice
+                doc = committed[seg]
+                for i, cid in enumerate(doc["clip_ids"]):
+                    idx[cid] = Entry(seg, int(doc["offsets"][i]), int(doc["lengths"][i]), doc["attrs"][i])
+            self._index_cache[cache_key] = idx
+        return self._index_cache[cache_key]
+
+    def has(self, key: str, fingerprint: str) -> set[str]:
+        return set(self.index(key, fingerprint, refresh=True))
+
+    def gc_uncommitted(self, key: str, fingerprint: str) -> int:
+        """Delete segments a killed writer left without an index. Only call with no other writer active."""
+        _, pending = self.segments(key, fingerprint)
+        for seg in pending:
+            self.backend.delete(f"{key}/{fingerprint}/{seg}")
+        return len(pending)
+
+    # -- write
+    def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:
+        """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name."""
+        if not clips:
+            raise ValueError("write_segment needs at least one clip")
+        names = sorted(clips[0][1].arrays)
+        for cid, feats in clips:
+            if sorted(feats.arrays) != names:
+                raise ValueError(f"{key}: clip {cid} has arrays {sorted(feats.arrays)}, expected {names}")
+        arrays = {}
+        for name in names:
+            parts = [np.asarray(f.arrays[name]) for _, f in clips]
+            arrays[name] = _concat_rows(parts)
+        arrays[TIMES] = _concat_rows([f.times for _, f in clips]).astype(np.float64)
+        lengths = [int(f.n_rows) for _, f in clips]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+        doc = {"committed": True, "written_at": time.time(),
+               "index": {"clip_ids": [c for c, _ in clips], "offsets": offsets, "lengths": lengths,
+                         "attrs": [_jsonable(f.attrs) for _, f in clips], "arrays": names}}
+        seg = new_segment_id(writer)
+        self.backend.write_segment(f"{key}/{fingerprint}/{seg}", arrays, doc)
+        self._index_cache.pop((key, fingerprint), None)
+        return seg
+
+    # -- failures
+    def record_failures(self, run_id: str, rows: list[dict]) -> None:
+        if rows:
+            self.backend.put_doc(f"_failures/{run_id}", {"rows": rows, "written_at": time.time()})
+
+    def failures(self) -> list[dict]:
+        out = []
+        for run in self.backend.children("_failures"):
+            doc = self.backend.get_doc(f"_failures/{run}") or {}
+            out += [dict(r, run_id=run) for r in doc.get("rows", [])]
+        return out
+
+    # -- read
+    def read(self, key: str, clip_ids: Iterable[str], names: Optional[Iterable[str]] = None,
+             fingerprint: Optional[str] = None) -> list[ClipRows]:
+        """Ragged view: one ClipRows per clip id, in order. Whole segment ranges are read once."""
+        fp = fingerprint or self._require_current(key)
+        idx = self.index(key, fp)
+        clip_ids = list(clip_ids)
+        missing = [c for c in clip_ids if c not in idx]
+        if missing:
+            raise KeyError(f"{key}: {len(missing)} clip(s) not in the store, e.g. {missing[:3]}")
+        by_seg: dict[str, list[int]] = {}
+        for i, c in enumerate(clip_ids):
+            by_seg.setdefault(idx[c].segment, []).append(i)
+        out: list[Optional[ClipRows]] = [None] * len(clip_ids)
+        for seg, positions in by_seg.items():
+            path = f"{key}/{fp}/{seg}"
+            seg_names = list(names) if names is not None else self._segment_arrays(key, fp, seg)
+            lo = min(idx[clip_ids[i]].offset for i in positions)
+            hi = max(idx[clip_ids[i]].offset + idx[clip_ids[i]].length for i in positions)
+            block = {n: self.backend.read_rows(path, n, lo, hi) for n in [*seg_names, TIMES]}
+            for i in positions:
+                e = idx[clip_ids[i]]
+                s = slice(e.offset - lo, e.offset - lo + e.length)
+                out[i] = ClipRows({n: block[n][s] for n in seg_names}, block[TIMES][s], e.attrs)
+        return out  # type: ignore[return-value]
+
+    def _segment_arrays(self, key: str, fp: str, seg: str) -> list[str]:
+        doc = self.backend.get_doc(f"{key}/{fp}/{seg}") or {}
+        return doc.get("index", {}).get("arrays", ["features"])
+
+    def read_padded(self, key: str, clip_ids: Iterable[str], name: str = "features",
+                    max_len: Optional[int] = None, fingerprint: Optional[str] = None,
+                    dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(N, T, ...) zero-padded + lengths (N,). Rows beyond max_len are cut."""
+        rows = self.read(key, clip_ids, [name], fingerprint)
+        arrs = [r.arrays[name] for r in rows]
+        lengths = np.array([a.shape[0] for a in arrs], dtype=np.int64)
+        if max_len is not None:
+            lengths = np.minimum(lengths, max_len)
+        t = int(lengths.max()) if len(lengths) else 0
+        tail = next((a.shape[1:] for a in arrs if a.ndim), ())
+        x = np.zeros((len(arrs), t, *tail), dtype=dtype)
+        for i, a in enumerate(arrs):
+            x[i, : lengths[i]] = a[: lengths[i]]
+        return x, lengths
+
+    def size_bytes(self) -> int:
+        if "://" in self.root:
+            return -1
+        return sum(p.stat().st_size for p in Path(self.root).rglob("*") if p.is_file())
+
+
+def store_path(store_cfg: StoreConfig, base: Path, family: str) -> str:
+    ext = "zarr" if store_cfg.format == "zarr" else "h5store"
+    d = store_cfg.dir
+    if "://" in d:
+        return f"{d.rstrip('/')}/{family}.{ext}"
+    p = Path(d)
+    return str((p if p.is_absolute() else base / p) / f"{family}.{ext}")
+
+
+def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
+    nonempty = [p for p in parts if p.shape[0]]
+    if nonempty:
+        return np.concatenate(nonempty, axis=0)
+    tail = next((p.shape[1:] for p in parts if p.ndim > 1), ())
+    return np.zeros((0, *tail), dtype=parts[0].dtype)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
