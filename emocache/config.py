@@ -66,8 +66,9 @@ class DatasetConfig(Strict):
     root: str                               # media root; every media path must resolve inside it
     manifest: Optional[str] = None          # csv/meld: the table (meld: glob of *_sent_emo.csv)
     delimiter: Optional[str] = None         # csv: ',' or '\t'; None = by extension
-    columns: dict[str, str] = Field(default_factory=dict)   # csv: role -> column name
-    text_fields: list[str] = Field(default_factory=list)    # csv: columns to keep as text fields
+    columns: dict[str, str] = Field(default_factory=dict)   # csv: role (path/start/end/labels/split/group) -> column
+    text_fields: dict[str, str] = Field(default_factory=dict)  # csv: text field (transcript/factual/...) -> column
+    labels: Optional[list[str]] = None      # label vocabulary; None = the sorted labels seen (unknown labels are reported)
     label_sep: Optional[str] = None         # csv: multi-label separator (e.g. '|'); None = single-label
     multilabel: bool = False
     extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".mov", ".wav", ".flac", ".mp3"])
@@ -78,6 +79,7 @@ class DatasetConfig(Strict):
 
 # ---------------------------------------------------------------- extractors
 class VGGishConfig(Strict):
+    sample_rate: int = 16000                # the rate VGGish was trained at; clips at another rate are refused
     window_s: float = 0.025
     hop_s: float = 0.010
     fft_size: int = 512
@@ -93,6 +95,7 @@ class VGGishConfig(Strict):
     chunk_seconds: float = 60.0             # long files are streamed in chunks of this many seconds
     weights_file: str = "vggish-10086976.pth"
     pca_file: str = "vggish_pca_params-970ea276.pth"
+    init_seed: int = 0                      # random init (only when allowed in params) is reproducible
 
 
 class EGeMAPSConfig(Strict):
@@ -171,16 +174,28 @@ class TrainConfig(Strict):
     lr_gamma: float = 0.1
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     loss: Literal["auto", "bce", "ce", "ep_ce"] = "auto"   # auto: bce for multi-label, ce otherwise
-    ep_ce_penalty: float = 1.0
+    # EP-CE (seed 001, eq. 9): extra weight when predicted polarity != true polarity; 0.5 each was best (Tab. 9)
+    ep_ce_gamma: dict[str, float] = Field(default_factory=lambda: {"positive": 0.5, "neutral": 0.5, "negative": 0.5})
+    polarity: dict[str, int] = Field(default_factory=dict)  # class -> +1/0/-1 for ep_ce; empty = built-in lexicon
+    standardize: bool = True                # z-score each modality with train-split statistics
+    select_metric: Literal["auto", "mean", "map", "accuracy", "f1_weighted", "f1_macro", "loss"] = "auto"
+    eval_every: int = 1                     # epochs between validation passes (early model choice)
+    eval_batch_size: int = 256
+    threshold: float = 0.5                  # fixed multi-label decision threshold (RA, F1)
+    tune_thresholds: bool = True            # also report per-class thresholds tuned on val for F1 (seed 003)
+    pr_curve_points: int = 200              # max points per class written for PR-curve plots
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0                    # 0 = torch default
 
 
 class NeXtVLADConfig(Strict):
     transformer_heads: int = 4
     transformer_layers: int = 1
+    transformer_ff_mult: int = 2            # feed-forward width = this x model width
     expansion: int = 2
     groups: int = 8
     clusters: int = 4
+    se_dim: int = 512                       # SE output = classifier input (seed 002: 512-d)
     se_reduction: int = 4
     hidden: int = 256
     dropout: float = 0.1
@@ -191,15 +206,22 @@ class MLPConfig(Strict):
     dropout: float = 0.2
 
 
+class LogRegConfig(Strict):
+    c: float = 1.0                          # inverse L2 strength (sklearn C)
+    max_iter: int = 1000
+
+
 class ExperimentConfig(Strict):
     dataset: str
     modalities: list[str]                   # store keys, e.g. ['vggish', 'text.transcript']
     head: Literal["mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
     late_fusion_weights: Optional[list[float]] = None   # None = tuned on validation
-    max_frames: int = 100
+    late_fusion_grid_step: float = 0.05     # simplex grid step when tuning late-fusion weights
+    max_frames: int = 100                   # longer clips are subsampled uniformly to this many rows
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
+    logreg: LogRegConfig = Field(default_factory=LogRegConfig)
 
 
 class Config(Strict):

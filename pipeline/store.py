@@ -101,26 +101,13 @@ class ZarrBackend:
         g.attrs.put(doc)  # one metadata write replaces all attrs
 
     def children(self, path: str) -> list[str]:
-        g = self._safe_open(path) if path else self.root
-        if g is None:
-            return []
-        try:
-            return sorted(k for k, _ in g.groups())
-        except Exception:
-            # A half-written child (killed mid-metadata) must not hide the committed ones.
-            out = []
-            for name in sorted(self._list_dir(path)):
-                if self._safe_open(f"{path}/{name}") is not None:
-                    out.append(name)
-            return out
-
-    def _list_dir(self, path: str) -> list[str]:
-        import asyncio
+        """Names below `path` as stored (listing the store, so half-written nodes show up too)."""
+        from zarr.core.sync import sync
 
         async def _ls():
             return [k async for k in self.root.store.list_dir(path)]
 
-        return asyncio.run(_ls())
+        return sorted(k for k in sync(_ls()) if k != "zarr.json")
 
     def _safe_open(self, path: str):
         try:
@@ -132,8 +119,9 @@ class ZarrBackend:
     def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
         g = self.root.require_group(path)
         for name, a in arrays.items():
-            chunks = (_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), *a.shape[1:])
-            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=chunks if a.shape[0] else None,
+            # Edge chunks are stored full-size, so a small segment gets a chunk no bigger than itself.
+            rows = min(_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), max(1, a.shape[0]))
+            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(rows, *a.shape[1:]),
                                compressors=self.compressors, overwrite=True)
             if a.size:
                 z[...] = a
@@ -146,10 +134,9 @@ class ZarrBackend:
         return self.root[f"{path}/{name}"][...]
 
     def delete(self, path: str) -> None:
-        try:
-            del self.root[path]
-        except KeyError:
-            pass
+        from zarr.core.sync import sync
+
+        sync(self.root.store.delete_dir(path))
 
 
 class HDF5Backend:
@@ -317,13 +304,19 @@ class FeatureStore:
         """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name."""
         if not clips:
             raise ValueError("write_segment needs at least one clip")
-        names = sorted(clips[0][1].arrays)
+        # Clips with 0 rows (a documented empty modality) may carry no arrays; others must agree.
+        names = sorted({n for _, f in clips for n in f.arrays})
+        tails = {}
         for cid, feats in clips:
-            if sorted(feats.arrays) != names:
+            if feats.n_rows and sorted(feats.arrays) != names:
                 raise ValueError(f"{key}: clip {cid} has arrays {sorted(feats.arrays)}, expected {names}")
+            for n, a in feats.arrays.items():
+                tails.setdefault(n, (a.shape[1:], a.dtype))
         arrays = {}
         for name in names:
-            parts = [np.asarray(f.arrays[name]) for _, f in clips]
+            tail, dtype = tails[name]
+            parts = [np.asarray(f.arrays[name]) if name in f.arrays else np.zeros((0, *tail), dtype)
+                     for _, f in clips]
             arrays[name] = _concat_rows(parts)
         arrays[TIMES] = _concat_rows([f.times for _, f in clips]).astype(np.float64)
         lengths = [int(f.n_rows) for _, f in clips]
@@ -367,11 +360,14 @@ class FeatureStore:
             seg_names = list(names) if names is not None else self._segment_arrays(key, fp, seg)
             lo = min(idx[clip_ids[i]].offset for i in positions)
             hi = max(idx[clip_ids[i]].offset + idx[clip_ids[i]].length for i in positions)
-            block = {n: self.backend.read_rows(path, n, lo, hi) for n in [*seg_names, TIMES]}
+            stored = set(self._segment_arrays(key, fp, seg))
+            block = {n: self.backend.read_rows(path, n, lo, hi) for n in [*seg_names, TIMES] if n in stored or n == TIMES}
             for i in positions:
                 e = idx[clip_ids[i]]
                 s = slice(e.offset - lo, e.offset - lo + e.length)
-                out[i] = ClipRows({n: block[n][s] for n in seg_names}, block[TIMES][s], e.attrs)
+                # A segment of only empty clips stores no feature arrays: their rows are (0,).
+                out[i] = ClipRows({n: block[n][s] if n in block else np.zeros((0,), np.float32) for n in seg_names},
+                                  block[TIMES][s], e.attrs)
         return out  # type: ignore[return-value]
 
     def _segment_arrays(self, key: str, fp: str, seg: str) -> list[str]:
@@ -388,10 +384,11 @@ class FeatureStore:
         if max_len is not None:
             lengths = np.minimum(lengths, max_len)
         t = int(lengths.max()) if len(lengths) else 0
-        tail = next((a.shape[1:] for a in arrs if a.ndim), ())
+        tail = next((a.shape[1:] for a in arrs if a.shape[0]), ())
         x = np.zeros((len(arrs), t, *tail), dtype=dtype)
         for i, a in enumerate(arrs):
-            x[i, : lengths[i]] = a[: lengths[i]]
+            if lengths[i]:
+                x[i, : lengths[i]] = a[: lengths[i]]
         return x, lengths
 
     def size_bytes(self) -> int:

@@ -1,0 +1,57 @@
+"""`emocache status`: what the cache holds per dataset and extractor."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from emocache.config import Config
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def collect_status(cfg: Config) -> list[str]:
+    from pipeline.datasets import read_clip_table
+    from pipeline.extractors.base import build_extractor
+    from pipeline.store import FeatureStore, store_path
+
+    lines = []
+    stores: dict[str, FeatureStore] = {}
+    for fam in ("audio", "text", "video"):
+        p = store_path(cfg.store, Path(cfg.base_dir), fam)
+        if "://" in p or Path(p).exists():
+            stores[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)
+    for name, dcfg in cfg.datasets.items():
+        try:
+            df, _ = read_clip_table(cfg, name)
+        except FileNotFoundError:
+            lines.append(f"{name}: not listed yet (run `emocache datasets list {name}`)")
+            continue
+        ids = set(df["clip_id"])
+        lines.append(f"{name}: {len(ids)} clips")
+        for spec in dcfg.extractors:
+            fam = build_extractor(cfg, spec).family
+            st = stores.get(fam)
+            if st is None or spec not in st.keys():
+                lines.append(f"  {spec:<18} cached 0/{len(ids)}")
+                continue
+            cur = st.current_fingerprint(spec)
+            have = set(st.index(spec, cur)) & ids if cur else set()
+            older = set()
+            for fp in st.fingerprints(spec):
+                if fp != cur:
+                    older |= set(st.index(spec, fp)) & ids
+            stale = older - have
+            failed = {f["clip_id"] for f in st.failures() if f.get("extractor") == spec} & ids - have
+            meta = st.meta(spec) if cur else {}
+            pre = "" if not meta else ("" if meta.get("pretrained") else "  pretrained: false")
+            lines.append(f"  {spec:<18} cached {len(have)}/{len(ids)}  stale {len(stale)}  failed {len(failed)}"
+                         f"  fingerprint {cur or '-'}{pre}")
+    for fam, st in stores.items():
+        size = st.size_bytes()
+        lines.append(f"store {fam}: {st.root} ({_human(size) if size >= 0 else 'remote'})")
+    return lines

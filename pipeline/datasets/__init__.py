@@ -1,0 +1,105 @@
+"""List a dataset described in params.yaml: clips with ids, labels, text fields and splits."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from emocache.config import Config
+
+from .adapters import ADAPTERS
+from .base import (SPLITS, Clip, DatasetError, DatasetListing, HashCache, Problem, assign_splits,
+                   build_vocab, clip_id_for, clip_table_rows, resolve_inside)
+
+__all__ = ["list_dataset", "write_listing", "read_clip_table", "Clip", "DatasetListing", "DatasetError",
+           "Problem", "SPLITS", "listing_paths"]
+
+
+def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None) -> DatasetListing:
+    dcfg = cfg.dataset(name)
+    root = cfg.path(dcfg.root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset {name!r}: root {root} is not a directory")
+    if dcfg.manifest and dcfg.adapter == "csv":
+        dcfg = dcfg.model_copy(update={"manifest": str(cfg.path(dcfg.manifest))})
+    problems: list[Problem] = []
+    raw = ADAPTERS[dcfg.adapter](name, dcfg, root, problems)
+    hashes = hash_cache or HashCache(cfg.path(".emocache/file_hashes.json"))
+
+    clips: list[Clip] = []
+    seen: dict[str, Clip] = {}
+    for c in raw:
+        try:
+            if c.path:
+                media = resolve_inside(root, c.path, c.source)
+                if not media.is_file():
+                    raise DatasetError(f"{c.source}: media file not found: {media}")
+                c.media_sha256 = hashes.sha256(media)
+            elif not any(v for v in c.text.values()):
+                raise DatasetError(f"{c.source}: clip has neither a media path nor any text")
+            if c.end is not None and c.end <= c.start:
+                raise DatasetError(f"{c.source}: segment end {c.end} is not after start {c.start}")
+        except (DatasetError, OSError) as e:
+            problems.append(Problem(name, c.source, c.path, str(e)))
+            continue
+        c.clip_id = clip_id_for(c.media_sha256, c.start, c.end, c.text, c.native_key)
+        if c.clip_id in seen:
+            problems.append(Problem(name, c.source, c.path,
+                                    f"duplicate of {seen[c.clip_id].source} (same content and bounds): listed once"))
+            continue
+        seen[c.clip_id] = c
+        clips.append(c)
+    if hash_cache is None:
+        hashes.save()
+
+    vocab = build_vocab(clips, dcfg, problems, name)
+    multilabel = dcfg.multilabel or any(len(c.labels) > 1 for c in clips)
+    assign_splits(clips, dcfg.split)
+    if dcfg.limit:
+        kept = []
+        for s in SPLITS:
+            kept += [c for c in clips if c.split == s][: dcfg.limit]
+        clips = kept
+    return DatasetListing(name, clips, vocab, multilabel, problems)
+
+
+def listing_paths(cfg: Config, name: str) -> tuple[Path, Path]:
+    d = cfg.path(cfg.store.dir) / "datasets"
+    return d / f"{name}.csv", d / f"{name}.json"
+
+
+def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
+    """The clip table (CSV) and its summary (JSON: vocabulary, counts, problems), written atomically."""
+    table, summary = listing_paths(cfg, listing.name)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    rows = clip_table_rows(listing)
+    tmp = table.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        fields = list(rows[0]) if rows else ["clip_id", "dataset", "path", "split", "labels"]
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, table)
+    doc = {**listing.summary(), "dataset_root": str(cfg.path(cfg.dataset(listing.name).root)),
+           "problems": [p.__dict__ for p in listing.problems]}
+    tmp = summary.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    os.replace(tmp, summary)
+    return table, summary
+
+
+def read_clip_table(cfg: Config, name: str):
+    """(clips DataFrame, summary dict) as written by the datasets stage."""
+    import pandas as pd
+
+    table, summary = listing_paths(cfg, name)
+    if not table.exists():
+        raise FileNotFoundError(f"clip table for dataset {name!r} not found at {table}; run `emocache datasets list {name}` "
+                                f"(or `dvc repro`) first")
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    for col in ("start",):
+        df[col] = df[col].astype(float)
+    df["end"] = df["end"].map(lambda v: float(v) if v != "" else None)
+    return df, json.loads(summary.read_text())

@@ -1,0 +1,155 @@
+"""Dataset adapters: each turns a dataset's own layout into a list of `Clip`s (before hashing/splitting).
+
+- csv:     generic CSV/TSV manifest with a column mapping
+- meld:    MELD `*_sent_emo.csv` (its own train/dev/test split; group = dialogue)
+- ravdess: RAVDESS file names `03-01-05-01-02-01-12.wav` (group = actor)
+- folder:  class-per-folder trees (VideoEmotion-8 style)
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from emocache.config import DatasetConfig
+
+from .base import Clip, DatasetError, Problem, clean_labels
+
+Adapter = Callable[[str, DatasetConfig, Path, list[Problem]], list[Clip]]
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def adapter(name: str):
+    def deco(fn: Adapter) -> Adapter:
+        ADAPTERS[name] = fn
+        return fn
+    return deco
+
+
+def read_table(path: Path, delimiter: Optional[str] = None) -> Iterator[tuple[int, dict]]:
+    """Rows of a CSV/TSV with their 1-based line numbers; non-UTF-8 bytes name the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    delim = delimiter or ("\t" if path.suffix.lower() in {".tsv", ".tab"} else ",")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    for i, row in enumerate(reader, start=2):
+        yield i, row
+
+
+def _float(v, source: str, col: str) -> Optional[float]:
+    if v is None or str(v).strip() == "":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise DatasetError(f"{source}: column {col!r} is not a number: {v!r}") from None
+
+
+@adapter("csv")
+def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
+    if not cfg.manifest:
+        raise DatasetError(f"dataset {name!r}: adapter csv needs `manifest`")
+    manifest = Path(cfg.manifest)
+    cols = {"path": "path", "start": "start", "end": "end", "labels": "labels", "split": "split",
+            "group": "group", "target_box": "target_box", "target_time": "target_time", **cfg.columns}
+    clips = []
+    for line, row in read_table(manifest, cfg.delimiter):
+        source = f"{manifest}:{line}"
+        try:
+            text = {field: (row.get(col) or None) for field, col in cfg.text_fields.items()}
+            ann = {}
+            if row.get(cols["target_box"]):
+                ann["target_box"] = [float(x) for x in row[cols["target_box"]].replace(";", " ").split()]
+            if row.get(cols["target_time"]):
+                ann["target_time"] = float(row[cols["target_time"]])
+            split = (row.get(cols["split"]) or "").strip().lower() or None
+            clips.append(Clip(dataset=name, path=(row.get(cols["path"]) or "").strip() or None,
+                              start=_float(row.get(cols["start"]), source, cols["start"]) or 0.0,
+                              end=_float(row.get(cols["end"]), source, cols["end"]),
+                              labels=clean_labels(row.get(cols["labels"]), cfg.label_sep),
+                              text=text, group=(row.get(cols["group"]) or None), split=_norm_split(split),
+                              annotation=ann, source=source))
+        except (DatasetError, ValueError) as e:
+            problems.append(Problem(name, source, row.get(cols["path"]), str(e)))
+    return clips
+
+
+def _norm_split(s: Optional[str]) -> Optional[str]:
+    return {"dev": "val", "valid": "val", "validation": "val"}.get(s or "", s)
+
+
+# MELD.Raw keeps each split's utterance videos in its own folder.
+MELD_VIDEO_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+
+
+@adapter("meld")
+def list_meld(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
+    pattern = cfg.manifest or "*_sent_emo.csv"
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise DatasetError(f"dataset {name!r}: no MELD tables matching {pattern!r} under {root}")
+    clips = []
+    for f in files:
+        own = f.name.split("_", 1)[0].lower()           # train / dev / test
+        for line, row in read_table(f):
+            source = f"{f}:{line}"
+            dia, utt = row.get("Dialogue_ID"), row.get("Utterance_ID")
+            video = f"{MELD_VIDEO_DIRS.get(own, own)}/dia{dia}_utt{utt}.mp4"
+            clips.append(Clip(dataset=name, path=video if (root / video).exists() else None,
+                              labels=clean_labels(row.get("Emotion"), None),
+                              text={"transcript": row.get("Utterance")}, group=f"{own}-dia{dia}",
+                              split=_norm_split(own), annotation={"speaker": row.get("Speaker", "")},
+                              native_key=f"{own}/dia{dia}_utt{utt}", source=source))
+    return clips
+
+
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
+                    "06": "fearful", "07": "disgust", "08": "surprised"}
+RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+RAVDESS_INTENSITY = {"01": "normal", "02": "strong"}
+
+
+def parse_ravdess_name(stem: str) -> dict:
+    parts = stem.split("-")
+    if len(parts) != 7 or not all(p.isdigit() for p in parts):
+        raise DatasetError(f"not a RAVDESS file name (expected 7 numeric fields like 03-01-05-01-02-01-12): {stem!r}")
+    modality, channel, emo, inten, stmt, rep, actor = parts
+    if emo not in RAVDESS_EMOTIONS:
+        raise DatasetError(f"RAVDESS file {stem!r}: unknown emotion code {emo}")
+    return {"modality": modality, "vocal_channel": channel, "emotion": RAVDESS_EMOTIONS[emo],
+            "intensity": RAVDESS_INTENSITY.get(inten, inten), "statement": RAVDESS_STATEMENTS.get(stmt, stmt),
+            "repetition": int(rep), "actor": int(actor)}
+
+
+@adapter("ravdess")
+def list_ravdess(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
+    clips = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in cfg.extensions:
+            continue
+        rel = str(p.relative_to(root))
+        try:
+            meta = parse_ravdess_name(p.stem)
+        except DatasetError as e:
+            problems.append(Problem(name, rel, rel, str(e)))
+            continue
+        clips.append(Clip(dataset=name, path=rel, labels=[meta["emotion"]],
+                          text={"transcript": meta["statement"]}, group=f"actor{meta['actor']:02d}",
+                          annotation={k: meta[k] for k in ("intensity", "repetition", "actor")}, source=rel))
+    return clips
+
+
+@adapter("folder")
+def list_folder(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
+    clips = []
+    for class_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+        for p in sorted(class_dir.rglob("*")):
+            if p.is_file() and p.suffix.lower() in cfg.extensions:
+                rel = str(p.relative_to(root))
+                clips.append(Clip(dataset=name, path=rel, labels=[class_dir.name], group=None, source=rel))
+    return clips

@@ -1,0 +1,363 @@
+"""Extraction: plan what is missing, decode each clip once, feed every extractor that needs it, commit.
+
+plan():    for each requested extractor, which clips lack rows under its current fingerprint.
+           A clip for which nothing is missing is not decoded at all.
+Worker:    loads extractors once, decodes a batch of clips once (audio and/or frames, only
+           what the missing extractors need), runs extractors in dependency order, and
+           commits segments of `store.flush_clips` clips. A clip that fails is recorded in
+           the failure table with the stage and reason, and the run goes on.
+The local executor runs one Worker in this process; the Ray executor runs one per actor
+(pipeline/executors.py) — the same code either way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from emocache.config import Config
+from emocache.progress import progress
+from pipeline import media
+from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
+from pipeline.store import FeatureStore
+
+log = logging.getLogger("emocache.extract")
+
+
+@dataclass
+class ClipRecord:
+    """What a worker needs to know of a clip (plain data: travels to Ray actors)."""
+
+    clip_id: str
+    dataset: str
+    media: Optional[str]                     # absolute media path, None for text-only clips
+    start: float
+    end: Optional[float]
+    text: dict
+    annotation: dict
+    missing: list[str] = field(default_factory=list)   # extractor keys to run
+    dataset_specs: Optional[list[str]] = None           # extractors its dataset(s) ask for
+
+
+@dataclass
+class ExtractorStats:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    empty: int = 0
+    seconds: float = 0.0
+    pretrained: Optional[bool] = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    stats: dict[str, ExtractorStats]
+    failures: list[dict]
+    decodes: dict[str, int]
+    seconds: float
+
+    def lines(self) -> list[str]:
+        out = []
+        for key, s in self.stats.items():
+            rate = f"{s.done / s.seconds:.2f} clips/s" if s.seconds > 0 and s.done else "-"
+            pre = "" if s.pretrained is None else ("  pretrained" if s.pretrained else "  pretrained: false (random init)")
+            out.append(f"{key:<18} done {s.done:>5}  cached {s.skipped:>5}  failed {s.failed:>4}  "
+                       f"empty {s.empty:>4}  {s.seconds:7.1f} s  {rate}{pre}")
+        out.append(f"decodes: audio {self.decodes.get('audio', 0)}, frames {self.decodes.get('frames', 0)}; "
+                   f"total {self.seconds:.1f} s; failures {len(self.failures)}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "seconds": round(self.seconds, 3), "decodes": self.decodes,
+                "extractors": {k: vars(v) for k, v in self.stats.items()}, "n_failures": len(self.failures)}
+
+
+# ---------------------------------------------------------------- planning
+def extractor_specs(cfg: Config, datasets: Iterable[str], family: Optional[str]) -> list[str]:
+    specs: list[str] = []
+    for name in datasets:
+        for spec in cfg.dataset(name).extractors:
+            if spec not in specs:
+                specs.append(spec)
+    if family:
+        specs = [s for s in specs if build_extractor(cfg, s).family == family]
+    return specs
+
+
+def order_by_dependencies(extractors: dict[str, Extractor]) -> list[str]:
+    done: list[str] = []
+    pending = list(extractors)
+    while pending:
+        progressed = False
+        for k in list(pending):
+            deps = [d for d in extractors[k].depends_on]
+            if all(d in done or d not in extractors for d in deps):
+                done.append(k)
+                pending.remove(k)
+                progressed = True
+        if not progressed:
+            raise ValueError(f"extractor dependency cycle among {pending}")
+    return done
+
+
+def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
+    from pipeline.datasets import list_dataset, read_clip_table, write_listing
+
+    try:
+        df, _ = read_clip_table(cfg, dataset)
+    except FileNotFoundError:
+        write_listing(cfg, list_dataset(cfg, dataset))
+        df, _ = read_clip_table(cfg, dataset)
+    import json
+
+    root = cfg.path(cfg.dataset(dataset).root)
+    text_cols = [c for c in df.columns if c.startswith("text_")]
+    out = []
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        out.append(ClipRecord(clip_id=r["clip_id"], dataset=dataset,
+                              media=str(root / r["path"]) if r["path"] else None,
+                              start=float(r["start"]), end=r["end"],
+                              text={c[5:]: (r[c] or None) for c in text_cols},
+                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {}))
+    return out
+
+
+# ---------------------------------------------------------------- the worker
+class Worker:
+    """Loads extractors once; processes lists of ClipRecords; commits to the family stores."""
+
+    def __init__(self, cfg: Config, specs: list[str], writer: str = "", run_id: str = "",
+                 storage_options: Optional[dict] = None):
+        from pipeline.device import set_threads
+
+        set_threads(cfg.runtime)
+        self.cfg = cfg
+        self.writer = writer or f"p{os.getpid()}"
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.extractors = {e.key: e for e in (build_extractor(cfg, s) for s in specs)}
+        for e in self.extractors.values():
+            e.load()
+        self.order = order_by_dependencies(self.extractors)
+        self.fp = {k: e.fingerprint() for k, e in self.extractors.items()}
+        self.stores: dict[str, FeatureStore] = {}
+        for k, e in self.extractors.items():
+            if e.family not in self.stores:
+                self.stores[e.family] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), e.family,
+                                                                storage_options)
+        self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None)
+                      for k, e in self.extractors.items()}
+        self.failures: list[dict] = []
+        self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
+
+    def store_of(self, key: str) -> FeatureStore:
+        return self.stores[self.extractors[key].family]
+
+    def prepare(self, gc: bool = True) -> None:
+        """Record metadata, make these fingerprints current, drop segments a killed run left behind."""
+        for k, e in self.extractors.items():
+            st = self.store_of(k)
+            if gc:
+                n = st.gc_uncommitted(k, self.fp[k])
+                if n:
+                    log.info("%s: removed %d uncommitted segment(s) left by an interrupted run", k, n)
+            st.set_current(k, self.fp[k], e.metadata())
+
+    def present(self, key: str) -> set[str]:
+        return self.store_of(key).has(key, self.fp[key])
+
+    # -- processing
+    def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
+        batch = max(1, self.cfg.runtime.batch_clips)
+        with progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
+            for i in range(0, len(clips), batch):
+                chunk = clips[i: i + batch]
+                self._process(chunk)
+                bar.update(len(chunk))
+        self.flush(force=True)
+
+    def _decode(self, rec: ClipRecord, needs: set[str]) -> tuple[ClipInput, dict[str, str]]:
+        """Decode only what is needed, once. Returns the input and per-input 'empty' reasons."""
+        cin = ClipInput(clip_id=rec.clip_id, path=rec.media, start=rec.start, end=rec.end, text=rec.text,
+                        annotation=rec.annotation, sample_rate=self.cfg.media.sample_rate)
+        empty: dict[str, str] = {}
+        m = self.cfg.media
+        if "audio" in needs and rec.media:
+            try:
+                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s)
+            except media.NoStreamError as e:
+                empty["audio"] = str(e)
+        elif "audio" in needs:
+            empty["audio"] = "text-only clip (no media)"
+        if "frames" in needs and rec.media:
+            try:
+                cin.frames, cin.frame_times = media.decode_frames(rec.media, m.decode_fps, m.max_side, rec.start,
+                                                                  rec.end, timeout=m.ffmpeg_timeout_s)
+            except media.NoStreamError as e:
+                empty["frames"] = str(e)
+        elif "frames" in needs:
+            empty["frames"] = "text-only clip (no media)"
+        return cin, empty
+
+    def _process(self, recs: list[ClipRecord]) -> None:
+        inputs: dict[str, ClipInput] = {}
+        empties: dict[str, dict[str, str]] = {}
+        for rec in recs:
+            needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
+            try:
+                inputs[rec.clip_id], empties[rec.clip_id] = self._decode(rec, needs)
+            except Exception as e:  # corrupt / unreadable media: every extractor of this clip fails
+                for k in rec.missing:
+                    self._fail(rec, k, "decode", e)
+        results: dict[tuple[str, str], ClipFeatures] = {}
+        for key in self.order:
+            ext = self.extractors[key]
+            todo = []
+            for rec in recs:
+                if key not in rec.missing or rec.clip_id not in inputs:
+                    continue
+                reason = next((empties[rec.clip_id][n] for n in ext.needs if n in empties[rec.clip_id]), None)
+                if reason:
+                    results[(key, rec.clip_id)] = ClipFeatures({}, np.zeros((0, 2)), {"empty": reason})
+                    self._commit(key, rec.clip_id, results[(key, rec.clip_id)])
+                    continue
+                cin = inputs[rec.clip_id]
+                try:
+                    cin.upstream = {d: self._upstream(d, rec.clip_id, results) for d in ext.depends_on}
+                except Exception as e:
+                    self._fail(rec, key, "upstream", e)
+                    continue
+                todo.append((rec, cin))
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            outs = self._extract(key, ext, todo)
+            self.stats[key].seconds += time.perf_counter() - t0
+            for (rec, _), out in zip(todo, outs):
+                if out is not None:
+                    results[(key, rec.clip_id)] = out
+                    self._commit(key, rec.clip_id, out)
+
+    def _extract(self, key: str, ext: Extractor, todo: list) -> list[Optional[ClipFeatures]]:
+        try:
+            outs = ext.extract_batch([cin for _, cin in todo])
+            if len(outs) != len(todo):
+                raise RuntimeError(f"{key} returned {len(outs)} outputs for {len(todo)} clips")
+            return outs
+        except Exception:
+            if len(todo) == 1:
+                self._fail(todo[0][0], key, "extract", _current_exception())
+                return [None]
+        # Isolate the bad clip(s): the rest of the batch still lands.
+        return [self._extract(key, ext, [item])[0] for item in todo]
+
+    def _upstream(self, dep: str, clip_id: str, results) -> ClipFeatures:
+        if (dep, clip_id) in results:
+            return results[(dep, clip_id)]
+        st = self.store_of(dep) if dep in self.extractors else None
+        if st is None:
+            raise KeyError(f"needs {dep!r} rows but {dep!r} is not among the extractors of this run")
+        rows = st.read(dep, [clip_id], fingerprint=self.fp[dep])[0]
+        return ClipFeatures(rows.arrays, rows.times, rows.attrs)
+
+    def _commit(self, key: str, clip_id: str, feats: ClipFeatures) -> None:
+        self.pending[key].append((clip_id, feats))
+        s = self.stats[key]
+        s.done += 1
+        s.empty += int(feats.n_rows == 0)
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        for key, items in self.pending.items():
+            if items and (force or len(items) >= self.cfg.store.flush_clips):
+                self.store_of(key).write_segment(key, self.fp[key], items, writer=self.writer)
+                self.pending[key] = []
+        if force and self.failures:
+            by_family: dict[str, list[dict]] = defaultdict(list)
+            for f in self.failures:
+                by_family[self.extractors[f["extractor"]].family].append(f)
+            for fam, rows in by_family.items():
+                self.stores[fam].record_failures(f"{self.run_id}-{self.writer}", rows)
+
+    def _fail(self, rec: ClipRecord, key: str, stage: str, err) -> None:
+        msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        self.stats[key].failed += 1
+        self.failures.append({"clip_id": rec.clip_id, "dataset": rec.dataset, "path": rec.media,
+                              "extractor": key, "stage": stage, "error": msg})
+        log.warning("clip %s (%s) failed in %s/%s: %s", rec.clip_id, rec.media or "text", key, stage, msg)
+
+
+def _current_exception() -> str:
+    import sys
+
+    e = sys.exc_info()[1]
+    tb = traceback.extract_tb(e.__traceback__)[-1] if e and e.__traceback__ else None
+    where = f" (at {Path(tb.filename).name}:{tb.lineno})" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+# ---------------------------------------------------------------- entry point
+def plan(worker: Worker, records: list[ClipRecord]) -> tuple[list[ClipRecord], dict[str, int]]:
+    """Unique clips (by id) with their missing extractors; and per-extractor counts already cached."""
+    wanted: dict[str, ClipRecord] = {}
+    for rec in records:
+        wanted.setdefault(rec.clip_id, rec)
+    skipped = {}
+    for key in worker.order:
+        have = worker.present(key)
+        skipped[key] = 0
+        for rec in wanted.values():
+            if rec.dataset_specs is not None and key not in rec.dataset_specs:
+                continue
+            if rec.clip_id in have:
+                skipped[key] += 1
+            else:
+                rec.missing.append(key)
+    return [r for r in wanted.values() if r.missing], skipped
+
+
+def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[str] = None,
+            show_progress: bool = True) -> RunSummary:
+    t0 = time.perf_counter()
+    datasets = list(datasets or cfg.datasets)
+    specs = extractor_specs(cfg, datasets, family)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if not specs:
+        return RunSummary(run_id, {}, [], dict(media.DECODE_COUNTER), 0.0)
+    records: list[ClipRecord] = []
+    for d in datasets:
+        dspecs = [s for s in cfg.dataset(d).extractors]
+        for rec in load_clip_records(cfg, d):
+            rec.dataset_specs = dspecs
+            records.append(rec)
+    # A clip listed by two datasets runs the union of their extractors, once.
+    merged: dict[str, ClipRecord] = {}
+    for rec in records:
+        if rec.clip_id in merged:
+            merged[rec.clip_id].dataset_specs = sorted(set(merged[rec.clip_id].dataset_specs) | set(rec.dataset_specs))
+        else:
+            merged[rec.clip_id] = rec
+    decodes_before = dict(media.DECODE_COUNTER)
+    if cfg.runtime.executor == "ray":
+        from pipeline.executors import run_ray
+
+        return run_ray(cfg, specs, list(merged.values()), run_id, t0)
+    worker = Worker(cfg, specs, run_id=run_id)
+    worker.prepare()
+    todo, skipped = plan(worker, list(merged.values()))
+    for k, n in skipped.items():
+        worker.stats[k].skipped = n
+    log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
+             ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
+    worker.run(todo, show_progress=show_progress)
+    decodes = {k: media.DECODE_COUNTER[k] - decodes_before.get(k, 0) for k in media.DECODE_COUNTER}
+    return RunSummary(run_id, worker.stats, worker.failures, decodes, time.perf_counter() - t0)
