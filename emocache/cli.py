@@ -149,6 +149,9 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     except MissingWeightsError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(3)
+    except KeyError as e:  # unknown extractor / dataset names: the message lists the known ones
+        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        raise typer.Exit(2)
     for line in summary.lines():
         typer.echo(line)
     for f in summary.failures[:20]:

@@ -120,19 +120,27 @@ class DetectorConfig(Strict):
     imgsz: int = 640
     hog_scale: float = 1.05
     hog_win_stride: int = 8
+    hog_upscale: float = 1.5                # HOG's window is 64x128: upscale so people under 128 px are found
+    hog_hit_threshold: float = 0.0          # SVM margin a HOG window needs to count as a person
+    batch_frames: int = 16                  # frames per YOLO forward
 
 
 class TrackerConfig(Strict):
     n_init: int = 3
     max_age: int = 30
     max_cosine_distance: float = 0.3
+    max_iou_distance: float = 0.7
+    embed_batch: int = 64                   # person crops per re-id (MobileNetV2) forward
+    # longest: most frames detected; largest: largest mean box area; central: box centre nearest the
+    # frame centre on average. An annotation target box (clip annotation) wins over the rule.
     target_rule: Literal["longest", "largest", "central"] = "longest"
 
 
 class FacesConfig(Strict):
     crop_size: int = 112
     min_confidence: float = 0.5
-    margin: float = 0.2
+    margin: float = 0.2                     # face crop = square around the face box grown by this per side
+    model_selection: Literal[0, 1] = 0      # BlazeFace 0 = short range (<2 m), 1 = full range; both bundled
 
 
 class SwinConfig(Strict):
@@ -140,6 +148,8 @@ class SwinConfig(Strict):
     weights_file: str = "swin_tiny_patch4_window7_224.pth"
     on: Literal["frame", "person"] = "frame"
     batch_frames: int = 32
+    input_size: int = 224
+    resize: Literal["squash", "center_crop"] = "squash"   # squash keeps the whole frame, aspect changed
 
 
 class PoseConfig(Strict):
@@ -149,6 +159,7 @@ class PoseConfig(Strict):
 
 class VideoConfig(Strict):
     frames_per_clip: int = 100              # T frames sampled uniformly per clip (seed 002)
+    person_margin: float = 0.1              # person crops (faces/pose/swin) = target box grown by this per side
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)

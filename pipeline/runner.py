@@ -331,8 +331,10 @@ def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[
     datasets = list(datasets or cfg.datasets)
     specs = extractor_specs(cfg, datasets, family)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if family:  # the family's store always exists after its stage ran (DVC tracks it as an output)
+        FeatureStore.for_family(cfg.store, Path(cfg.base_dir), family)
     if not specs:
-        return RunSummary(run_id, {}, [], dict(media.DECODE_COUNTER), 0.0)
+        return RunSummary(run_id, {}, [], {k: 0 for k in media.DECODE_COUNTER}, time.perf_counter() - t0)
     records: list[ClipRecord] = []
     for d in datasets:
         dspecs = [s for s in cfg.dataset(d).extractors]

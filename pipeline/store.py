@@ -227,6 +227,7 @@ class FeatureStore:
         backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
         self.backend = backend(self.root, compressor, chunk_mb, storage_options)
         self._index_cache: dict[tuple[str, str], dict[str, Entry]] = {}
+        self._arrays_cache: dict[tuple[str, str], dict[str, list[str]]] = {}
 
     @classmethod
     def for_family(cls, store_cfg: StoreConfig, base: Path, family: str,
@@ -282,6 +283,7 @@ class FeatureStore:
         if refresh or cache_key not in self._index_cache:
             idx: dict[str, Entry] = {}
             committed, _ = self.segments(key, fp)
+            self._arrays_cache[cache_key] = {seg: doc.get("arrays", []) for seg, doc in committed.items()}
             for seg in sorted(committed):  # later segments win for a clip committed twice
                 doc = committed[seg]
                 for i, cid in enumerate(doc["clip_ids"]):
@@ -355,12 +357,15 @@ class FeatureStore:
         for i, c in enumerate(clip_ids):
             by_seg.setdefault(idx[c].segment, []).append(i)
         out: list[Optional[ClipRows]] = [None] * len(clip_ids)
+        seg_arrays = self._arrays_cache.get((key, fp), {})
+        if names is None:  # every array the extractor writes (segments of only empty clips store none)
+            names = sorted({n for arrs in seg_arrays.values() for n in arrs})
         for seg, positions in by_seg.items():
             path = f"{key}/{fp}/{seg}"
-            seg_names = list(names) if names is not None else self._segment_arrays(key, fp, seg)
+            seg_names = list(names)
             lo = min(idx[clip_ids[i]].offset for i in positions)
             hi = max(idx[clip_ids[i]].offset + idx[clip_ids[i]].length for i in positions)
-            stored = set(self._segment_arrays(key, fp, seg))
+            stored = set(seg_arrays.get(seg, []))
             block = {n: self.backend.read_rows(path, n, lo, hi) for n in [*seg_names, TIMES] if n in stored or n == TIMES}
             for i in positions:
                 e = idx[clip_ids[i]]
@@ -369,10 +374,6 @@ class FeatureStore:
                 out[i] = ClipRows({n: block[n][s] if n in block else np.zeros((0,), np.float32) for n in seg_names},
                                   block[TIMES][s], e.attrs)
         return out  # type: ignore[return-value]
-
-    def _segment_arrays(self, key: str, fp: str, seg: str) -> list[str]:
-        doc = self.backend.get_doc(f"{key}/{fp}/{seg}") or {}
-        return doc.get("index", {}).get("arrays", ["features"])
 
     def read_padded(self, key: str, clip_ids: Iterable[str], name: str = "features",
                     max_len: Optional[int] = None, fingerprint: Optional[str] = None,

@@ -1,0 +1,49 @@
+# Two commands for a newcomer:  make demo   |   make test
+# Both create .venv and install everything first (torch before anything that depends on it).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast bench ablation clean-cache
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@echo "==> creating $(VENV) and installing (torch first; ~3-5 min on a fresh machine)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip<27"
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: install
+	@echo "==> emocache demo: list the bundled sample datasets, extract features once, train heads (dvc repro)"
+	@echo "    weights: real ones from weights/ when present; otherwise VGGish/Swin run untrained (pretrained: false)"
+	$(VENV)/bin/emocache doctor || true
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	@echo "==> what the cache holds"
+	$(VENV)/bin/emocache status
+	@echo "==> metrics (dvc metrics show)"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc metrics show
+	@echo "==> a second 'dvc repro' has nothing to do:"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+test: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+test-fast: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -m "not slow"
+
+bench: install
+	for b in benchmarks/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+clean-cache:
+	rm -rf cache models metrics/*.json metrics/plots
