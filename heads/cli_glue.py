@@ -1,0 +1,39 @@
+"""`emocache train`: the clip table + the stores -> heads.train.run_experiment, outputs where DVC tracks them.
+
+models/<experiment>/model.pt                 checkpoint (cached by DVC)
+metrics/<experiment>.json                    small metrics (uncached; `dvc metrics diff`)
+metrics/plots/<experiment>/*.csv             plot data (`dvc plots show / diff`)
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from emocache.config import Config
+
+
+def family_of(cfg: Config):
+    from pipeline.extractors.base import build_extractor
+
+    return lambda key: build_extractor(cfg, key).family
+
+
+def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path) -> dict:
+    from heads.data import open_stores
+    from heads.train import run_experiment
+    from pipeline.datasets import read_clip_table
+
+    exp = cfg.experiments[name]
+    table, summary = read_clip_table(cfg, exp.dataset)
+    stores = open_stores(cfg, list(exp.modalities), family_of(cfg))
+    out = cfg.path(models_dir) / name
+    result = run_experiment(cfg, name, stores, table, summary["labels"], summary["multilabel"], out)
+    metrics_dir = cfg.path(metrics_dir)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(out / "metrics.json"), metrics_dir / f"{name}.json")
+    plots = metrics_dir / "plots" / name
+    if plots.exists():
+        shutil.rmtree(plots)
+    plots.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(out / "plots"), plots)
+    return result

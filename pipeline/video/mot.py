@@ -1,0 +1,30 @@
+"""MOTChallenge export of track rows: frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1 (1-based frames)."""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Optional
+
+import numpy as np
+
+
+def mot_rows(features: np.ndarray, target: Optional[np.ndarray] = None) -> list[list]:
+    """Track rows (R, 7) [frame_index, track_id, x1, y1, x2, y2, score] -> MOT rows sorted by frame, id."""
+    f = np.asarray(features, dtype=np.float64).reshape(-1, 7)
+    if target is not None:
+        f = f[np.asarray(target, dtype=bool)]
+    f = f[np.lexsort((f[:, 1], f[:, 0]))]
+    out = []
+    for fi, tid, x1, y1, x2, y2, score in f:
+        conf = -1.0 if np.isnan(score) else round(float(score), 4)
+        out.append([int(fi) + 1, int(tid), round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2),
+                    conf, -1, -1, -1])
+    return out
+
+
+def write_mot_csv(path: str | os.PathLike, features: np.ndarray, target: Optional[np.ndarray] = None) -> int:
+    """Write one clip's tracks (all, or only the target's rows) as a MOTChallenge text file; returns rows."""
+    rows = mot_rows(features, target)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    return len(rows)
