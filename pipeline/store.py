@@ -77,6 +77,7 @@ class ZarrBackend:
         self.root = zarr.open_group(root, mode="a", zarr_format=3, **kw)
         self.chunk_mb = chunk_mb
         self.compressors = self._compressors(compressor)
+        self._arrays: dict = {}
 
     def _compressors(self, name: str):
         from zarr.codecs import BloscCodec, ZstdCodec
@@ -104,6 +105,12 @@ class ZarrBackend:
         """Names below `path` as stored (listing the store, so half-written nodes show up too)."""
         from zarr.core.sync import sync
 
+        # fsspec filesystems (s3fs, gcsfs) cache listings per process; other workers add segments
+        # behind our back, so a listing must always ask the storage (a stale one hides new clips).
+        fs = getattr(self.root.store, "fs", None)
+        if fs is not None:
+            fs.invalidate_cache()
+
         async def _ls():
             return [k async for k in self.root.store.list_dir(path)]
 
@@ -127,15 +134,37 @@ class ZarrBackend:
                 z[...] = a
         g.attrs.put(doc)  # the commit: written after every row is on storage
 
+    def _array(self, path: str):
+        # Segments are immutable once committed, so an opened array can be reused for the whole session.
+        arr = self._arrays.get(path)
+        if arr is None:
+            arr = self._arrays[path] = self.root[path]
+        return arr
+
     def read_rows(self, path: str, name: str, start: int, stop: int) -> np.ndarray:
-        return self.root[f"{path}/{name}"][start:stop]
+        return self._array(f"{path}/{name}")[start:stop]
+
+    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        """Several (array path, start, stop) reads in one round of zarr's async I/O (overlapped, not one by one)."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        arrays = [self._array(p) for p, _, _ in requests]
+
+        async def _all():
+            return await asyncio.gather(*(a._async_array.getitem(slice(lo, hi))
+                                          for a, (_, lo, hi) in zip(arrays, requests)))
+
+        return [np.asarray(r) for r in sync(_all())]
 
     def read_all(self, path: str, name: str) -> np.ndarray:
-        return self.root[f"{path}/{name}"][...]
+        return self._array(f"{path}/{name}")[...]
 
     def delete(self, path: str) -> None:
         from zarr.core.sync import sync
 
+        self._arrays = {k: v for k, v in self._arrays.items() if not k.startswith(path + "/")}
         sync(self.root.store.delete_dir(path))
 
 
@@ -201,6 +230,13 @@ class HDF5Backend:
         with self.h5py.File(self.root / f"{path}.h5", "r") as f:
             return f[name][start:stop]
 
+    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        out = []
+        for path, lo, hi in requests:
+            seg, name = path.rsplit("/", 1)
+            out.append(self.read_rows(seg, name, lo, hi))
+        return out
+
     def read_all(self, path: str, name: str) -> np.ndarray:
         with self.h5py.File(self.root / f"{path}.h5", "r") as f:
             return f[name][...]
@@ -232,6 +268,8 @@ class FeatureStore:
     @classmethod
     def for_family(cls, store_cfg: StoreConfig, base: Path, family: str,
                    storage_options: Optional[dict] = None) -> "FeatureStore":
+        if storage_options is None:  # params' store.storage_options (s3 endpoint etc.)
+            storage_options = dict(store_cfg.storage_options) or None
         return cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
                    store_cfg.chunk_mb, storage_options)
 
@@ -344,52 +382,69 @@ class FeatureStore:
         return out
 
     # -- read
-    def read(self, key: str, clip_ids: Iterable[str], names: Optional[Iterable[str]] = None,
-             fingerprint: Optional[str] = None) -> list[ClipRows]:
-        """Ragged view: one ClipRows per clip id, in order. Whole segment ranges are read once."""
-        fp = fingerprint or self._require_current(key)
+    def _blocks(self, key: str, clip_ids: list[str], names: Optional[Iterable[str]], fp: Optional[str],
+                with_times: bool):
+        """Per segment touched: (positions in clip_ids, {name: rows lo..hi}, lo). Each segment range read once."""
+        fp = fp or self._require_current(key)
         idx = self.index(key, fp)
-        clip_ids = list(clip_ids)
         missing = [c for c in clip_ids if c not in idx]
         if missing:
             raise KeyError(f"{key}: {len(missing)} clip(s) not in the store, e.g. {missing[:3]}")
         by_seg: dict[str, list[int]] = {}
         for i, c in enumerate(clip_ids):
             by_seg.setdefault(idx[c].segment, []).append(i)
-        out: list[Optional[ClipRows]] = [None] * len(clip_ids)
         seg_arrays = self._arrays_cache.get((key, fp), {})
         if names is None:  # every array the extractor writes (segments of only empty clips store none)
             names = sorted({n for arrs in seg_arrays.values() for n in arrs})
+        names = list(names)
+        plan, requests = [], []
         for seg, positions in by_seg.items():
             path = f"{key}/{fp}/{seg}"
-            seg_names = list(names)
             lo = min(idx[clip_ids[i]].offset for i in positions)
             hi = max(idx[clip_ids[i]].offset + idx[clip_ids[i]].length for i in positions)
             stored = set(seg_arrays.get(seg, []))
-            block = {n: self.backend.read_rows(path, n, lo, hi) for n in [*seg_names, TIMES] if n in stored or n == TIMES}
+            wanted = [n for n in names if n in stored] + ([TIMES] if with_times else [])
+            plan.append((positions, wanted, lo))
+            requests += [(f"{path}/{n}", lo, hi) for n in wanted]
+        results = iter(self.backend.read_many(requests))
+        for positions, wanted, lo in plan:
+            yield positions, {n: next(results) for n in wanted}, lo, idx, names
+
+    def read(self, key: str, clip_ids: Iterable[str], names: Optional[Iterable[str]] = None,
+             fingerprint: Optional[str] = None) -> list[ClipRows]:
+        """Ragged view: one ClipRows per clip id, in order."""
+        clip_ids = list(clip_ids)
+        out: list[Optional[ClipRows]] = [None] * len(clip_ids)
+        for positions, block, lo, idx, names_ in self._blocks(key, clip_ids, names, fingerprint, True):
             for i in positions:
                 e = idx[clip_ids[i]]
                 s = slice(e.offset - lo, e.offset - lo + e.length)
                 # A segment of only empty clips stores no feature arrays: their rows are (0,).
-                out[i] = ClipRows({n: block[n][s] if n in block else np.zeros((0,), np.float32) for n in seg_names},
+                out[i] = ClipRows({n: block[n][s] if n in block else np.zeros((0,), np.float32) for n in names_},
                                   block[TIMES][s], e.attrs)
         return out  # type: ignore[return-value]
 
     def read_padded(self, key: str, clip_ids: Iterable[str], name: str = "features",
                     max_len: Optional[int] = None, fingerprint: Optional[str] = None,
                     dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """(N, T, ...) zero-padded + lengths (N,). Rows beyond max_len are cut."""
-        rows = self.read(key, clip_ids, [name], fingerprint)
-        arrs = [r.arrays[name] for r in rows]
-        lengths = np.array([a.shape[0] for a in arrs], dtype=np.int64)
+        """(N, T, ...) zero-padded + lengths (N,). Rows beyond max_len are cut. Copies straight from segment blocks."""
+        clip_ids = list(clip_ids)
+        fp = fingerprint or self._require_current(key)
+        idx = self.index(key, fp)
+        blocks = list(self._blocks(key, clip_ids, [name], fp, False))
+        lengths = np.array([idx[c].length for c in clip_ids], dtype=np.int64)
         if max_len is not None:
             lengths = np.minimum(lengths, max_len)
-        t = int(lengths.max()) if len(lengths) else 0
-        tail = next((a.shape[1:] for a in arrs if a.shape[0]), ())
-        x = np.zeros((len(arrs), t, *tail), dtype=dtype)
-        for i, a in enumerate(arrs):
-            if lengths[i]:
-                x[i, : lengths[i]] = a[: lengths[i]]
+        tail = next((b[name].shape[1:] for _, b, _, _, _ in blocks if name in b and b[name].shape[0]), ())
+        x = np.zeros((len(clip_ids), int(lengths.max()) if len(lengths) else 0, *tail), dtype=dtype)
+        for positions, block, lo, _, _ in blocks:
+            if name not in block:
+                continue
+            rows = block[name]
+            for i in positions:
+                if lengths[i]:
+                    start = idx[clip_ids[i]].offset - lo
+                    x[i, : lengths[i]] = rows[start: start + lengths[i]]
         return x, lengths
 
     def size_bytes(self) -> int:
