@@ -197,6 +197,125 @@ def train(experiment: str = typer.Argument(..., help="experiment name from param
         raise typer.Exit(2)
     result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir))
     typer.echo(json.dumps(result, indent=1))
+    typer.echo(_train_summary(cfg, experiment, result, out), err=True)
+
+
+def _train_summary(cfg, experiment: str, result: dict, out: str) -> str:
+    """One line at the end of the stage: clips, seeds x epochs, time, throughput, the headline metric."""
+    exp = cfg.experiments[experiment]
+    n = result.get("n_clips", {})
+    secs = result.get("train_seconds", {}).get("total", 0.0)
+    passes = len(exp.modalities) if exp.head == "late_fusion" else 1   # late fusion trains one MLP per modality
+    epochs = 0 if exp.head == "logreg" else exp.train.epochs
+    work = n.get("train", 0) * epochs * len(result.get("seeds", [])) * passes
+    rate = f"{work / secs:.0f} clip-epochs/s" if secs > 0 and work else "-"
+    m = result.get("metrics", {})
+    key = next((k for k in ("Mean", "f1_weighted", "accuracy", "mAP") if k in m), None)
+    headline = f"; {result.get('eval_split')} {key} {m[key]['mean']:.4f} ± {m[key]['std']:.4f}" if key else ""
+    pre = "" if result.get("all_pretrained", True) else "  (features not all pretrained)"
+    return (f"train {experiment}: {exp.head} on {'+'.join(exp.modalities)}; clips train/val/test "
+            f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}; {len(result.get('seeds', []))} seed(s) x "
+            f"{f'{epochs} epochs' if epochs else 'one fit'} in {secs:.2f} s ({rate}){headline}; "
+            f"checkpoint {Path(out) / experiment / 'model.pt'}{pre}")
+
+
+@app.command()
+def evaluate(experiment: str = typer.Argument(..., help="experiment whose checkpoint <models>/<experiment>/model.pt "
+                                                         "is scored"),
+             params: str = PARAMS, models: str = typer.Option("models", help="folder holding <experiment>/model.pt"),
+             split: Optional[str] = typer.Option(None, help="train | val | test (default: test, else val, else train)"),
+             out: Optional[str] = typer.Option(None, help="also write the metrics JSON here (never overwrites "
+                                                          "train's metrics/<experiment>.json unless you point it there)")):
+    """Re-evaluate a trained checkpoint on the cached split: no training, no extraction.
+
+    Uses the checkpoint's own experiment settings (modalities, max_frames, per-class thresholds) and the current
+    clip table and stores, so it repeats what `train` reported for the kept seed or shows what a cache change did.
+    """
+    _setup_logging()
+    from emocache.evaluate import EvaluateError, evaluate_experiment
+
+    cfg = _config(params)
+    try:
+        result = evaluate_experiment(cfg, experiment, models, split)
+    except EvaluateError as e:   # no checkpoint / no such split / dataset gone: what to run first
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except (FileNotFoundError, ValueError, KeyError) as e:   # clip table or store missing, labels changed
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{experiment}: {result['head']} on {'+'.join(result['modalities'])}, {result['split']} split "
+               f"({result['n_clips']} clips), checkpoint seed {result['seed']}")
+    for k, v in result["metrics"].items():
+        typer.echo(f"  {k:<14} {v:.4f}" if isinstance(v, float) else f"  {k:<14} {v}")
+    if not result["all_pretrained"]:
+        typer.echo("  note: features from untrained extractors (pretrained: false)")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        typer.echo(f"  wrote {out}")
+
+
+# ---------------------------------------------------------------- user-facing
+@app.command()
+def predict(video: str = typer.Argument(..., help="a video or audio file"),
+            head: str = typer.Option(..., "--head", help="trained run: an experiment name (models/<name>/model.pt), "
+                                                         "a run folder or a model.pt path"),
+            params: str = PARAMS,
+            transcript: Optional[str] = typer.Option(None, help="what is said in the video; required by heads that "
+                                                                "read text (there is no speech-to-text here)"),
+            out: Optional[str] = typer.Option(None, help="output folder (default: params predict.out_dir)"),
+            models: str = typer.Option("models", help="where experiment names are looked up")):
+    """Emotion scores for one new video: per speech segment (voice-activity detection) and for the whole video.
+
+    Runs the head's extractors on the video through the normal stores (a video seen before is not extracted
+    again), cuts speech with Silero VAD (params predict.vad), scores each segment (audio heads) and the whole
+    clip, and writes <video>_<run>.json and .csv: per-segment scores, the duration-weighted mean of the segment
+    scores, the whole-clip scores, and which emotions pass the head's per-class thresholds (0.5 by default).
+    """
+    _setup_logging()
+    from emocache.predict import PredictError, predict_video, summary_lines, write_outputs
+    from pipeline.weights import MissingWeightsError
+
+    cfg = _config(params)
+    if not Path(video).is_file():
+        typer.echo(f"error: {video}: no such file", err=True)
+        raise typer.Exit(2)
+    try:
+        result = predict_video(cfg, video, head, transcript, models)
+    except MissingWeightsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3)
+    except PredictError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    jpath, cpath = write_outputs(result, cfg.path(out or cfg.predict.out_dir))
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"wrote {jpath} and {cpath}")
+
+
+@app.command()
+def report(params: str = PARAMS,
+           out: Optional[str] = typer.Option(None, help="HTML file to write (default: params report.out)"),
+           metrics_dir: str = typer.Option("metrics", help="where `train` wrote <experiment>.json and plots/"),
+           rev: Optional[str] = typer.Option(None, help="git revision to diff metrics against "
+                                                        "(`dvc metrics diff --md REV`), e.g. HEAD~1"),
+           predictions: Optional[list[str]] = typer.Option(None, "--predictions",
+                                                           help="prediction JSON files or folders "
+                                                                "(default: params predict.out_dir)"),
+           experiment: Optional[list[str]] = typer.Option(None, "--experiment", "-e",
+                                                          help="only these experiments (default: all with metrics)")):
+    """Write one self-contained HTML page: datasets, extraction runs, per-experiment metrics with per-class AP
+    bars, PR curves, confusion matrices and loss curves, the metrics diff against a git revision, and an
+    emotion timeline per predicted video. Plots are inline PNGs; no JavaScript, CSS or fonts are fetched."""
+    _setup_logging()
+    from emocache.report import build_report
+
+    cfg = _config(params)
+    preds = predictions or [str(cfg.path(cfg.predict.out_dir))]
+    info = build_report(cfg, out or cfg.report.out, metrics_dir, rev, preds, experiment)
+    typer.echo(f"wrote {info['path']}: {len(info['experiments'])} experiment(s), "
+               f"{len(info['predictions'])} prediction(s), {info['n_plots']} plot(s)")
 
 
 def main() -> None:  # pragma: no cover

@@ -24,6 +24,9 @@ class StoreConfig(Strict):
     compressor: Literal["none", "zstd", "lz4"] = "none"
     chunk_mb: float = 8.0                   # target chunk size; a chunk holds whole rows
     flush_clips: int = 16                   # clips per committed segment (a crash loses at most these)
+    # fsspec options for a store.dir URL (s3://, gs://): e.g. {endpoint_url: http://minio:9000} for
+    # S3-compatible storage. Keep secrets out of params.yaml: s3fs also reads AWS_* env vars / profiles.
+    storage_options: dict = Field(default_factory=dict)
 
 
 class WeightsConfig(Strict):
@@ -43,6 +46,9 @@ class RuntimeConfig(Strict):
     executor: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None                     # RAY_ADDRESS env overrides
     ray_workers: int = 2
+    ray_cpus_per_worker: float = 1.0                      # Ray CPUs each extraction actor reserves
+    ray_gpus_per_worker: float = 1.0                      # GPUs each actor reserves when the cluster has GPUs
+                                                          # and device != cpu (0.5 = two actors share a GPU)
 
 
 class MediaConfig(Strict):
@@ -55,7 +61,8 @@ class MediaConfig(Strict):
 # ---------------------------------------------------------------- datasets
 class SplitConfig(Strict):
     method: Literal["own", "group", "random"] = "group"
-    group_by: Optional[str] = None          # column holding the group (film, actor, dialogue)
+    group_by: Optional[str] = None          # method group: clip annotation key to keep together (RAVDESS actor,
+                                            # repetition); None = the adapter's group (film, actor, dialogue)
     val: float = 0.1
     test: float = 0.2
     seed: int = 0
@@ -256,7 +263,34 @@ class ExperimentConfig(Strict):
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
 
 
+# ---------------------------------------------------------------- predict / report (user-facing commands)
+class VADConfig(Strict):
+    """Silero VAD (seed 003 segments utterances with it); names follow silero's get_speech_timestamps."""
+    threshold: float = 0.5                  # speech probability above which a 32 ms window is speech
+    min_speech_ms: int = 250                # shorter speech bursts are dropped
+    min_silence_ms: int = 100               # shorter pauses do not split an utterance
+    speech_pad_ms: int = 30                 # each segment is padded by this on both sides
+    max_segment_s: float = 30.0             # longer speech is split (silero max_speech_duration_s)
+
+
+class PredictConfig(Strict):
+    vad: VADConfig = Field(default_factory=VADConfig)
+    # VAD segments shorter than this are widened around their centre: VGGish needs 0.96 s for one row
+    min_segment_s: float = 1.0
+    out_dir: str = "predictions"            # `emocache predict` writes <video>_<run>.json/.csv here
+
+
+class ReportConfig(Strict):
+    out: str = "report.html"
+    dpi: int = 90                           # PNG resolution of the inline plots
+    figure_width_in: float = 7.0
+    max_pr_classes: int = 12                # PR curves of at most this many classes per experiment
+    dvc_timeout_s: float = 120.0            # `dvc metrics diff` subprocess limit
+
+
 class Config(Strict):
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from emocache.config import Config, ExperimentConfig, TrainConfig
+from emocache.progress import progress
 from heads import plots
 from heads.baselines import LogRegHead
 from heads.checkpoint import save_checkpoint
@@ -111,28 +112,32 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     history, best, best_state, best_epoch = [], None, None, tc.epochs
     n = len(train_idx)
     t0 = time.perf_counter()
-    for epoch in range(1, tc.epochs + 1):
-        model.train()
-        total = torch.zeros((), device=device)
-        for b in minibatches(torch.randperm(n, generator=order).to(device), tc.batch_size):
-            loss = loss_fn(model({k: (x[b], l[b]) for k, (x, l) in inputs.items()}), targets[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(b)   # no host sync per step
-        sched.step()
-        row = {"epoch": epoch, "train_loss": float(total) / n}
-        if has_val and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-            logits = predict_logits(model, val_inputs, tc.eval_batch_size, device)
-            val_loss = float(loss_fn(logits, val_targets))
-            probs = probabilities(logits, data.multilabel).cpu().numpy()
-            score = -val_loss if metric == "loss" else selection_score(metric, data.multilabel, val_y, probs,
-                                                                      tc.threshold)
-            row.update(val_loss=val_loss, val_score=score)
-            if best is None or score > best:   # first epoch reaching the best score wins
-                best, best_epoch = score, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append(row)
+    desc = f"train {kind} {'+'.join(keys)} seed {seed}"
+    with progress(total=tc.epochs, desc=desc, unit="epoch") as bar:   # log lines when not on a TTY
+        for epoch in range(1, tc.epochs + 1):
+            model.train()
+            total = torch.zeros((), device=device)
+            for b in minibatches(torch.randperm(n, generator=order).to(device), tc.batch_size):
+                loss = loss_fn(model({k: (x[b], l[b]) for k, (x, l) in inputs.items()}), targets[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(b)   # no host sync per step
+            sched.step()
+            row = {"epoch": epoch, "train_loss": float(total) / n}
+            if has_val and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+                logits = predict_logits(model, val_inputs, tc.eval_batch_size, device)
+                val_loss = float(loss_fn(logits, val_targets))
+                probs = probabilities(logits, data.multilabel).cpu().numpy()
+                score = -val_loss if metric == "loss" else selection_score(metric, data.multilabel, val_y, probs,
+                                                                          tc.threshold)
+                row.update(val_loss=val_loss, val_score=score)
+                if best is None or score > best:   # first epoch reaching the best score wins
+                    best, best_epoch = score, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {row['train_loss']:.4f}")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
