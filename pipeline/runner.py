@@ -126,10 +126,18 @@ def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
         r = row._asdict()
         out.append(ClipRecord(clip_id=r["clip_id"], dataset=dataset,
                               media=str(root / r["path"]) if r["path"] else None,
-                              start=float(r["start"]), end=r["end"],
+                              start=float(r["start"]), end=_end_or_none(r["end"]),
                               text={c[5:]: (r[c] or None) for c in text_cols},
                               annotation=json.loads(r["annotation"]) if r.get("annotation") else {}))
     return out
+
+
+def _end_or_none(v) -> Optional[float]:
+    """Segment end in seconds; None (to the end of the file) for '', None or NaN."""
+    if v is None or v == "":
+        return None
+    v = float(v)
+    return None if v != v else v  # NaN: pandas' spelling of a missing value
 
 
 # ---------------------------------------------------------------- the worker
@@ -185,17 +193,21 @@ class Worker:
                 bar.update(len(chunk))
         self.flush(force=True)
 
-    def _decode(self, rec: ClipRecord, needs: set[str]) -> tuple[ClipInput, dict[str, str]]:
-        """Decode only what is needed, once. Returns the input and per-input 'empty' reasons."""
+    def _decode(self, rec: ClipRecord, needs: set[str]) -> tuple[ClipInput, dict[str, str], dict[str, Exception]]:
+        """Decode only what is needed, once. Returns the input, per-input 'empty' reasons and
+        per-input decode errors: a file whose audio is broken still gives its frames and text."""
         cin = ClipInput(clip_id=rec.clip_id, path=rec.media, start=rec.start, end=rec.end, text=rec.text,
                         annotation=rec.annotation, sample_rate=self.cfg.media.sample_rate)
         empty: dict[str, str] = {}
+        errors: dict[str, Exception] = {}
         m = self.cfg.media
         if "audio" in needs and rec.media:
             try:
                 cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
+            except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail
+                errors["audio"] = e
         elif "audio" in needs:
             empty["audio"] = "text-only clip (no media)"
         if "frames" in needs and rec.media:
@@ -204,18 +216,21 @@ class Worker:
                                                                   rec.end, timeout=m.ffmpeg_timeout_s)
             except media.NoStreamError as e:
                 empty["frames"] = str(e)
+            except Exception as e:
+                errors["frames"] = e
         elif "frames" in needs:
             empty["frames"] = "text-only clip (no media)"
-        return cin, empty
+        return cin, empty, errors
 
     def _process(self, recs: list[ClipRecord]) -> None:
         inputs: dict[str, ClipInput] = {}
         empties: dict[str, dict[str, str]] = {}
+        errors: dict[str, dict[str, Exception]] = {}
         for rec in recs:
             needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
             try:
-                inputs[rec.clip_id], empties[rec.clip_id] = self._decode(rec, needs)
-            except Exception as e:  # corrupt / unreadable media: every extractor of this clip fails
+                inputs[rec.clip_id], empties[rec.clip_id], errors[rec.clip_id] = self._decode(rec, needs)
+            except Exception as e:  # anything unforeseen while decoding: every extractor of this clip fails
                 for k in rec.missing:
                     self._fail(rec, k, "decode", e)
         results: dict[tuple[str, str], ClipFeatures] = {}
@@ -224,6 +239,10 @@ class Worker:
             todo = []
             for rec in recs:
                 if key not in rec.missing or rec.clip_id not in inputs:
+                    continue
+                err = next((errors[rec.clip_id][n] for n in ext.needs if n in errors[rec.clip_id]), None)
+                if err is not None:
+                    self._fail(rec, key, "decode", err)
                     continue
                 reason = next((empties[rec.clip_id][n] for n in ext.needs if n in empties[rec.clip_id]), None)
                 if reason:
@@ -352,7 +371,7 @@ def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[
     if cfg.runtime.executor == "ray":
         from pipeline.executors import run_ray
 
-        return run_ray(cfg, specs, list(merged.values()), run_id, t0)
+        return run_ray(cfg, specs, list(merged.values()), run_id, t0, show_progress=show_progress)
     worker = Worker(cfg, specs, run_id=run_id)
     worker.prepare()
     todo, skipped = plan(worker, list(merged.values()))

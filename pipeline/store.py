@@ -27,6 +27,7 @@ import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -254,6 +255,12 @@ class HDF5Backend:
         return list(self.root.rglob("*.h5.tmp*"))
 
 
+class StoreWriteError(OSError):
+    """Writing to the store failed (disk full, permissions, a lost mount): the run must stop.
+
+    Names the store and what was being written; committed segments are untouched."""
+
+
 # ---------------------------------------------------------------- the store
 class FeatureStore:
     def __init__(self, root: str | os.PathLike, fmt: str = "zarr", compressor: str = "none",
@@ -283,8 +290,25 @@ class FeatureStore:
 
     def set_current(self, key: str, fingerprint: str, meta: dict) -> None:
         """Record the extractor's metadata under its fingerprint and make it the one readers use."""
-        self.backend.put_doc(f"{key}/{fingerprint}", {"meta": meta})
-        self.backend.put_doc(key, {"current": fingerprint})
+        with self._writing(f"metadata of {key!r}"):
+            self.backend.put_doc(f"{key}/{fingerprint}", {"meta": meta})
+            self.backend.put_doc(key, {"current": fingerprint})
+
+    @contextmanager
+    def _writing(self, what: str, cleanup: Optional[str] = None):
+        """Turn an OS-level write failure into a StoreWriteError naming this store; a segment that
+        failed half-way is removed (best effort; it has no index, so readers ignore it anyway)."""
+        try:
+            yield
+        except OSError as e:
+            if cleanup:
+                try:
+                    self.backend.delete(cleanup)
+                except Exception:  # the next run's gc_uncommitted removes it
+                    pass
+            raise StoreWriteError(e.errno, f"store {self.root}: could not write {what}: "
+                                  f"{e.strerror or e}. Clips committed earlier are intact; fix the cause "
+                                  f"and rerun (only missing clips are extracted)") from e
 
     def fingerprints(self, key: str) -> dict[str, dict]:
         out = {}
@@ -365,14 +389,17 @@ class FeatureStore:
                "index": {"clip_ids": [c for c, _ in clips], "offsets": offsets, "lengths": lengths,
                          "attrs": [_jsonable(f.attrs) for _, f in clips], "arrays": names}}
         seg = new_segment_id(writer)
-        self.backend.write_segment(f"{key}/{fingerprint}/{seg}", arrays, doc)
+        path = f"{key}/{fingerprint}/{seg}"
+        with self._writing(f"segment {path} ({len(clips)} clips)", cleanup=path):
+            self.backend.write_segment(path, arrays, doc)
         self._index_cache.pop((key, fingerprint), None)
         return seg
 
     # -- failures
     def record_failures(self, run_id: str, rows: list[dict]) -> None:
         if rows:
-            self.backend.put_doc(f"_failures/{run_id}", {"rows": rows, "written_at": time.time()})
+            with self._writing(f"failure table _failures/{run_id}"):
+                self.backend.put_doc(f"_failures/{run_id}", {"rows": rows, "written_at": time.time()})
 
     def failures(self) -> list[dict]:
         out = []

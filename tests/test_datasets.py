@@ -29,6 +29,31 @@ def test_ravdess_actor_disjoint_split_and_stable_ids(make_config, shared_data):
     assert len({c.clip_id for c in a.clips}) == 120
 
 
+def test_ravdess_group_by_annotation_repetition_disjoint(make_config, shared_data):
+    """split.group_by names a clip annotation: by repetition, each split holds one take of every
+    (actor, emotion, intensity, statement) and both actors; by actor it matches the adapter's actor groups."""
+    def listing(group_by):
+        cfg = make_config(datasets={"rav": {"adapter": "ravdess", "root": str(shared_data / "ravdess_subset"),
+                                            "split": {"method": "group", "group_by": group_by, "val": 0.0,
+                                                      "test": 0.5, "seed": 0}}})
+        return list_dataset(cfg, "rav")
+
+    rep = listing("repetition")
+    by_split = {s: [c for c in rep.clips if c.split == s] for s in ("train", "test")}
+    assert len(by_split["train"]) == len(by_split["test"]) == 60
+    for s, clips in by_split.items():
+        assert len({c.annotation["repetition"] for c in clips}) == 1        # one repetition per split
+        assert {c.annotation["actor"] for c in clips} == {1, 2}             # both speakers in each split
+    take = lambda c: (c.annotation["actor"], c.labels[0], c.annotation["intensity"], c.text["transcript"])
+    assert sorted(map(take, by_split["train"])) == sorted(map(take, by_split["test"]))
+    actor = listing("actor")
+    for s in ("train", "test"):
+        assert len({c.group for c in actor.clips if c.split == s}) == 1
+    assert [c.split for c in actor.clips] == [c.split for c in listing(None).clips]
+    with pytest.raises(ValueError, match="group_by is 'take'.*has: actor, intensity, repetition"):
+        listing("take")
+
+
 def test_renamed_file_keeps_its_id_and_same_clip_in_two_datasets(make_config, shared_data, tmp_path):
     src = shared_data / "ravdess_subset" / "Actor_01" / "03-01-05-01-01-01-01.wav"
     (tmp_path / "a").mkdir()

