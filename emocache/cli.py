@@ -140,6 +140,7 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     """
     _setup_logging(verbose)
     from pipeline.runner import extract as run_extract
+    from pipeline.store import StoreWriteError
     from pipeline.weights import MissingWeightsError
 
     cfg = _config(params)
@@ -152,6 +153,9 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     except KeyError as e:  # unknown extractor / dataset names: the message lists the known ones
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(2)
+    except StoreWriteError as e:  # e.g. disk full: committed clips are intact, the rerun resumes
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(4)
     for line in summary.lines():
         typer.echo(line)
     for f in summary.failures[:20]:

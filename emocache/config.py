@@ -27,6 +27,8 @@ class StoreConfig(Strict):
     # fsspec options for a store.dir URL (s3://, gs://): e.g. {endpoint_url: http://minio:9000} for
     # S3-compatible storage. Keep secrets out of params.yaml: s3fs also reads AWS_* env vars / profiles.
     storage_options: dict = Field(default_factory=dict)
+    # Clip tables (datasets stage) always live on local disk, also when `dir` is an object-store URL.
+    tables_dir: str = "cache/datasets"
 
 
 class WeightsConfig(Strict):

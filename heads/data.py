@@ -129,13 +129,19 @@ def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool,
     bad = sorted(set(clip_table["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"clip table has unknown split names {bad}; expected {SPLITS}")
+    # Single-label: a clip without a label (empty / NaN, kept by the dataset listing for extraction) can
+    # neither train nor be scored. Multi-label: an empty set is a real answer (none of the classes).
+    labelled = clip_table["labels"].map(lambda v: multilabel or (isinstance(v, str) and v.strip() != ""))
+    n_unlabelled = int((~labelled).sum())
+    clip_table = clip_table[labelled]
     clip_ids = clip_table["clip_id"].astype(str).tolist()
     y = encode_labels(clip_table["labels"], vocab, multilabel)
     mods = {key: read_modality(store, key, clip_ids, max_frames, name) for key, store in stores.items()}
     split_col = clip_table["split"].to_numpy()
     splits = {s: torch.from_numpy(np.flatnonzero(split_col == s).astype(np.int64)) for s in SPLITS}
     coverage = {k: float((m.lengths > 0).float().mean()) for k, m in mods.items()}
-    return HeadData(clip_ids, mods, torch.from_numpy(y), splits, list(vocab), multilabel, {"coverage": coverage})
+    return HeadData(clip_ids, mods, torch.from_numpy(y), splits, list(vocab), multilabel,
+                    {"coverage": coverage, "unlabelled_skipped": n_unlabelled})
 
 
 # ---------------------------------------------------------------- stores

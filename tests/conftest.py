@@ -31,7 +31,8 @@ def make_config(tmp_path):
     from emocache.config import Config, _deep_merge
 
     def _make(**overrides):
-        raw = {"base_dir": str(REPO), "store": {"dir": str(tmp_path / "cache")},
+        raw = {"base_dir": str(REPO),
+               "store": {"dir": str(tmp_path / "cache"), "tables_dir": str(tmp_path / "cache" / "datasets")},
                "weights": {"dir": str(tmp_path / "weights")}}
         return Config.model_validate(_deep_merge(raw, overrides))
 

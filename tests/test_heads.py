@@ -232,3 +232,21 @@ def test_run_experiment_from_stores_records_pretrained_flags(tmp_path, make_conf
     doc = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
     assert doc["vocab"] == data.vocab and doc["fusion_weights"] == pytest.approx([0.75, 0.25])
     assert set(doc["heads"]) == {"vggish", "egemaps"}
+
+
+def test_unlabelled_single_label_rows_are_skipped_not_fatal(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from heads.data import load_head_data
+    from pipeline.extractors.base import ClipFeatures
+    from pipeline.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "s")
+    store.set_current("egemaps", "fp", {"pretrained": True})
+    store.write_segment("egemaps", "fp", [(c, ClipFeatures({"features": np.ones((1, 3), np.float32)}, [[0, 1]]))
+                                          for c in ["c1", "c2", "c3"]])
+    table = pd.DataFrame({"clip_id": ["c1", "c2", "c3"], "split": ["train", "train", "test"],
+                          "labels": ["a", "", "b"]})
+    data = load_head_data(table, ["a", "b"], False, {"egemaps": store}, 5)
+    assert data.clip_ids == ["c1", "c3"] and data.meta["unlabelled_skipped"] == 1

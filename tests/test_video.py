@@ -20,7 +20,7 @@ def video_cfg(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("video")
 
     def _make(**overrides):
-        raw = {"base_dir": str(REPO_ROOT), "store": {"dir": str(tmp / "cache")},
+        raw = {"base_dir": str(REPO_ROOT), "store": {"dir": str(tmp / "cache"), "tables_dir": str(tmp / "tables")},
                "weights": {"dir": str(tmp / "weights")}, "runtime": {"device": "cpu", "num_threads": 1}}
         return Config.model_validate(_deep_merge(raw, overrides))
 

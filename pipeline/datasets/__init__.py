@@ -66,7 +66,7 @@ def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None)
 
 
 def listing_paths(cfg: Config, name: str) -> tuple[Path, Path]:
-    d = cfg.path(cfg.store.dir) / "datasets"
+    d = cfg.path(cfg.store.tables_dir)
     return d / f"{name}.csv", d / f"{name}.json"
 
 
