@@ -64,15 +64,19 @@ def run_reference(model, paths, sr, decoded=None):
     return [reference_forward(model, decoded[i] if decoded else decode_audio(p, sr), sr) for i, p in enumerate(paths)]
 
 
-def run_emocache(extractor, paths, sr, batch_clips, decoded=None):
-    """As the runner: decode each clip of a batch once (unless `decoded` given), then one extract_batch call."""
+def run_emocache(extractor, paths, sr, batch_clips, decoded=None, decode_workers=2):
+    """As the runner: batches of clips, the next batch decoding (runner.prefetch_batches) while the
+    network runs on the current one; one extract_batch call per batch."""
     from pipeline.extractors.base import ClipInput
     from pipeline.media import decode_audio
+    from pipeline.runner import prefetch_batches
 
+    idx = list(range(len(paths)))
+    batches = [idx[i:i + batch_clips] for i in range(0, len(idx), batch_clips)]
+    decode = (lambda i: decoded[i]) if decoded else (lambda i: decode_audio(paths[i], sr))
     out = []
-    for i in range(0, len(paths), batch_clips):
-        clips = [ClipInput(Path(p).stem, path=str(p), audio=decoded[i + j] if decoded else decode_audio(p, sr))
-                 for j, p in enumerate(paths[i:i + batch_clips])]
+    for batch, audio in prefetch_batches(batches, decode, decode_workers):
+        clips = [ClipInput(Path(paths[i]).stem, path=str(paths[i]), audio=a) for i, a in zip(batch, audio)]
         out += [f.arrays["features"] for f in extractor.extract_batch(clips)]
     return out
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,8 +33,12 @@ class NoStreamError(MediaError):
 DECODE_COUNTER: dict[str, int] = {"audio": 0, "frames": 0}
 
 
+_COUNTER_LOCK = threading.Lock()   # the runner decodes in threads
+
+
 def _log_decode(kind: str, path: str) -> None:
-    DECODE_COUNTER[kind] += 1
+    with _COUNTER_LOCK:
+        DECODE_COUNTER[kind] += 1
     log = os.environ.get("EMOCACHE_DECODE_LOG")
     if log:
         with open(log, "a", encoding="utf-8") as f:

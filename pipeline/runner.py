@@ -19,7 +19,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -140,6 +140,22 @@ def _end_or_none(v) -> Optional[float]:
     return None if v != v else v  # NaN: pandas' spelling of a missing value
 
 
+# ---------------------------------------------------------------- decoding ahead
+def prefetch_batches(batches: list[list], decode: Callable, workers: int) -> Iterator[tuple[list, list]]:
+    """Yield (batch, [decode(item) ...]) while the NEXT batch is already decoding in threads.
+
+    ffmpeg runs as a subprocess, so threads overlap decoding with the extractors' model time.
+    At most two batches are held decoded at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending = [pool.submit(decode, item) for item in batches[0]] if batches else []
+        for i, batch in enumerate(batches):
+            decoded = [f.result() for f in pending]
+            pending = [pool.submit(decode, item) for item in batches[i + 1]] if i + 1 < len(batches) else []
+            yield batch, decoded
+
+
 # ---------------------------------------------------------------- the worker
 class Worker:
     """Loads extractors once; processes lists of ClipRecords; commits to the family stores."""
@@ -185,13 +201,20 @@ class Worker:
 
     # -- processing
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
-        batch = max(1, self.cfg.runtime.batch_clips)
+        size = max(1, self.cfg.runtime.batch_clips)
+        batches = [clips[i: i + size] for i in range(0, len(clips), size)]
         with progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
-            for i in range(0, len(clips), batch):
-                chunk = clips[i: i + batch]
-                self._process(chunk)
+            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers):
+                self._process(chunk, decoded)
                 bar.update(len(chunk))
         self.flush(force=True)
+
+    def _decode_guarded(self, rec: ClipRecord):
+        needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
+        try:
+            return self._decode(rec, needs)
+        except Exception as e:  # anything unforeseen while decoding: every extractor of this clip fails
+            return e
 
     def _decode(self, rec: ClipRecord, needs: set[str]) -> tuple[ClipInput, dict[str, str], dict[str, Exception]]:
         """Decode only what is needed, once. Returns the input, per-input 'empty' reasons and
@@ -222,17 +245,17 @@ class Worker:
             empty["frames"] = "text-only clip (no media)"
         return cin, empty, errors
 
-    def _process(self, recs: list[ClipRecord]) -> None:
+    def _process(self, recs: list[ClipRecord], decoded: Optional[list] = None) -> None:
         inputs: dict[str, ClipInput] = {}
         empties: dict[str, dict[str, str]] = {}
         errors: dict[str, dict[str, Exception]] = {}
-        for rec in recs:
-            needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
-            try:
-                inputs[rec.clip_id], empties[rec.clip_id], errors[rec.clip_id] = self._decode(rec, needs)
-            except Exception as e:  # anything unforeseen while decoding: every extractor of this clip fails
+        decoded = decoded if decoded is not None else [self._decode_guarded(rec) for rec in recs]
+        for rec, dec in zip(recs, decoded):
+            if isinstance(dec, Exception):
                 for k in rec.missing:
-                    self._fail(rec, k, "decode", e)
+                    self._fail(rec, k, "decode", dec)
+            else:
+                inputs[rec.clip_id], empties[rec.clip_id], errors[rec.clip_id] = dec
         results: dict[tuple[str, str], ClipFeatures] = {}
         for key in self.order:
             ext = self.extractors[key]
