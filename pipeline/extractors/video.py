@@ -1,7 +1,7 @@
 """The video family: target-person tracks, face crops, Swin / MobileNetV2 frame features, BlazePose keypoints.
 
 All four read the frames the runner decoded once for the clip (media.decode_fps, media.max_side).
-'faces' and 'pose' (and 'swin'/'mobilenet' with on: person) depend on 'tracks': they look only inside the
+'faces' and 'pose' (and 'swin'/'mobilenet' with region: person) depend on 'tracks': they look only inside the
 target person's box, or at the whole frame where no target is near that frame.
 faces/swin/mobilenet/pose work on T = video.frames_per_clip frames sampled uniformly (pipeline.media.sample_indices);
 each output row's time is that frame's time, [t, t + 1/decode_fps].
@@ -186,7 +186,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
     def __init__(self, cfg, variant: Optional[str] = None) -> None:
         super().__init__(cfg, variant)
         # person crops need the tracks; whole frames do not (instance attribute: depends on params)
-        self.depends_on = ("tracks",) if self.section.on == "person" else ()
+        self.depends_on = ("tracks",) if self.section.region == "person" else ()
 
     @property
     def section(self):
@@ -195,7 +195,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
     def params(self) -> dict:
         p = {"frames_per_clip": self.vcfg.frames_per_clip,
              **self.section.model_dump(exclude={"batch_frames"}), **self.decode_params()}
-        if self.section.on == "person":
+        if self.section.region == "person":
             p.update(self.target_params())
         return p
 
@@ -215,7 +215,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
         from pipeline.video.boxes import grow
 
         frames = self.frames_of(clip)
-        if self.section.on == "frame":
+        if self.section.region == "frame":
             return [frames[i] for i in idx]
         h, w = frames.shape[1:3]
         images = []
