@@ -34,8 +34,8 @@ demo: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 	@echo "==> what the cache holds"
 	$(VENV)/bin/emocache status
-	@echo "==> metrics (dvc metrics show)"
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc metrics show
+	@echo "==> results per experiment (all numbers: dvc metrics show; across commits: dvc metrics diff HEAD~1)"
+	$(VENV)/bin/emocache results
 	@echo "==> a second 'dvc repro' has nothing to do:"
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 

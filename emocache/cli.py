@@ -322,6 +322,28 @@ def report(params: str = PARAMS,
                f"{len(info['predictions'])} prediction(s), {info['n_plots']} plot(s)")
 
 
+@app.command()
+def results(metrics_dir: str = typer.Option("metrics", help="where `emocache train` wrote <experiment>.json")):
+    """One line per trained experiment: head, modalities, headline metrics (mean +- std over seeds), pretrained."""
+    rows = []
+    for f in sorted(Path(metrics_dir).glob("*.json")):
+        doc = json.loads(f.read_text())
+        if "experiment" not in doc:
+            continue
+        m = doc.get("metrics", {})
+        cell = lambda k: f"{m[k]['mean']:.3f}+-{m[k]['std']:.3f}" if k in m else "-"  # noqa: E731
+        pre = "yes" if doc.get("all_pretrained") else "NO: " + ",".join(k for k, v in doc.get("pretrained", {}).items() if not v)
+        rows.append((doc["experiment"], doc["head"], "+".join(doc["modalities"]), cell("accuracy"),
+                     cell("f1_weighted"), cell("mAP"), pre))
+    if not rows:
+        typer.echo(f"no experiment metrics in {metrics_dir}/ (run `dvc repro` or `emocache train EXPERIMENT`)")
+        return
+    head = ("experiment", "head", "modalities", "accuracy", "weighted F1", "mAP", "pretrained")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -303,3 +303,14 @@ def test_predict_text_head_needs_transcript(project, tmp_path):
     assert set(whole) == set(doc["head"]["classes"]) and sum(whole.values()) == pytest.approx(1.0, abs=1e-4)
     assert doc["text_clip_id"] != doc["clip_id"]                    # text features are keyed by the transcript
     assert doc["extraction"]["computed"]["text.transcript"] == 1
+
+
+def test_results_table_flags_untrained_features(repo):
+    from typer.testing import CliRunner
+
+    from emocache.cli import app
+
+    res = CliRunner().invoke(app, ["results", "--metrics-dir", str(repo / "metrics")])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines()[1:] if ln.strip()}
+    assert "NO: vggish" in lines["ravdess_vggish_mlp"] and lines["ravdess_egemaps_mlp"].rstrip().endswith("yes")

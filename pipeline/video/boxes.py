@@ -27,6 +27,17 @@ def grow(box, margin: float, width: int, height: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def search_region(frame_shape: tuple, person_box, margin: float, min_side: int):
+    """(x1, y1, x2, y2) ints where a per-frame model looks: the person box grown by `margin` (whole frame
+    when there is no person box); None when that region is smaller than `min_side` on a side."""
+    h, w = frame_shape[:2]
+    region = np.array([0, 0, w, h]) if person_box is None else grow(person_box, margin, w, h)
+    x1, y1, x2, y2 = (int(v) for v in region)
+    if x2 - x1 < min_side or y2 - y1 < min_side:
+        return None
+    return x1, y1, x2, y2
+
+
 def square_around(box, margin: float) -> np.ndarray:
     """Square box centred on `box`, side = longer side x (1 + 2*margin); may extend past the frame."""
     x1, y1, x2, y2 = (float(v) for v in box)

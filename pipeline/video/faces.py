@@ -12,7 +12,7 @@ import numpy as np
 
 from emocache.config import FacesConfig
 from pipeline.extractors.base import WeightsInfo
-from pipeline.video.boxes import crop_padded, grow, square_around
+from pipeline.video.boxes import crop_padded, search_region, square_around
 
 FACE_MODEL_FILES = {0: "face_detection_short_range.tflite", 1: "face_detection_full_range_sparse.tflite"}
 MIN_REGION_SIDE = 16                   # px; mediapipe cannot find a face in a smaller search region
@@ -52,13 +52,10 @@ class FaceCropper:
         s = self.cfg.crop_size
         h, w = frame.shape[:2]
         none = self.not_found()
-        if person_box is None:
-            region = np.array([0, 0, w, h])
-        else:
-            region = grow(person_box, self.person_margin, w, h)
-        x1, y1, x2, y2 = (int(v) for v in region)
-        if x2 - x1 < MIN_REGION_SIDE or y2 - y1 < MIN_REGION_SIDE:
+        region = search_region(frame.shape, person_box, self.person_margin, MIN_REGION_SIDE)
+        if region is None:
             return none
+        x1, y1, x2, y2 = region
         res = self.detector.process(np.ascontiguousarray(frame[y1:y2, x1:x2]))
         if not res.detections:
             return none

@@ -13,7 +13,7 @@ import numpy as np
 
 from emocache.config import PoseConfig
 from pipeline.extractors.base import WeightsInfo
-from pipeline.video.boxes import grow
+from pipeline.video.boxes import search_region
 from pipeline.video.faces import mediapipe_module_file
 from pipeline.weights import MissingWeightsError
 
@@ -56,14 +56,11 @@ class PoseEstimator:
         person_box None: the whole frame."""
         h, w = frame.shape[:2]
         none = self.not_found()
-        if person_box is None:
-            region = np.array([0, 0, w, h])
-        else:
-            region = grow(person_box, self.person_margin, w, h)
-        x1, y1, x2, y2 = (int(v) for v in region)
-        cw, ch = x2 - x1, y2 - y1
-        if cw < MIN_REGION_SIDE or ch < MIN_REGION_SIDE:
+        region = search_region(frame.shape, person_box, self.person_margin, MIN_REGION_SIDE)
+        if region is None:
             return none
+        x1, y1, x2, y2 = region
+        cw, ch = x2 - x1, y2 - y1
         res = self.pose.process(np.ascontiguousarray(frame[y1:y2, x1:x2]))
         if res.pose_landmarks is None:
             return none
