@@ -1,4 +1,4 @@
-"""Built-in extractors. Import is lazy so that a stage loads only the libraries it needs."""
+"""Built-in extractors. Each module imports its heavy libraries inside load(), so registering them is cheap."""
 import importlib
 
 _MODULES = ("vggish", "egemaps", "text", "video")
@@ -6,9 +6,4 @@ _MODULES = ("vggish", "egemaps", "text", "video")
 
 def load_all() -> None:
     for mod in _MODULES:
-        try:
-            importlib.import_module(f"pipeline.extractors.{mod}")
-        except ModuleNotFoundError as e:  # a module not written yet, or an optional extra not installed
-            if e.name and e.name.startswith("pipeline.extractors"):
-                continue
-            raise
+        importlib.import_module(f"pipeline.extractors.{mod}")
