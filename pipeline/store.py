@@ -87,14 +87,6 @@ class ZarrBackend:
         return {"none": None, "zstd": ZstdCodec(level=1),
                 "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")}[name]
 
-    def _group(self, path: str, create: bool = False):
-        try:
-            return self.root[path] if not create else self.root.require_group(path)
-        except KeyError:
-            if create:
-                raise
-            return None
-
     def get_doc(self, path: str) -> Optional[dict]:
         g = self._safe_open(path)
         return dict(g.attrs) if g is not None else None
@@ -143,9 +135,6 @@ class ZarrBackend:
             arr = self._arrays[path] = self.root[path]
         return arr
 
-    def read_rows(self, path: str, name: str, start: int, stop: int) -> np.ndarray:
-        return self._array(f"{path}/{name}")[start:stop]
-
     def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
         """Several (array path, start, stop) reads in one round of zarr's async I/O (overlapped, not one by one).
 
@@ -180,14 +169,14 @@ class ZarrBackend:
                 and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
                 and a.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little")
 
-    def read_all(self, path: str, name: str) -> np.ndarray:
-        return self._array(f"{path}/{name}")[...]
-
     def delete(self, path: str) -> None:
         from zarr.core.sync import sync
 
         self._arrays = {k: v for k, v in self._arrays.items() if not k.startswith(path + "/")}
         sync(self.root.store.delete_dir(path))
+
+    def remove_partial_files(self, path: str) -> int:
+        return 0  # a killed Zarr writer leaves only uncommitted segment groups, which segments() reports
 
 
 class HDF5Backend:
@@ -259,10 +248,6 @@ class HDF5Backend:
             out.append(self.read_rows(seg, name, lo, hi))
         return out
 
-    def read_all(self, path: str, name: str) -> np.ndarray:
-        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
-            return f[name][...]
-
     def delete(self, path: str) -> None:
         import shutil
 
@@ -272,8 +257,13 @@ class HDF5Backend:
         for q in p.parent.glob(p.name + ".h5*") if p.parent.exists() else []:
             q.unlink(missing_ok=True)
 
-    def stale_temp_files(self) -> list[Path]:
-        return list(self.root.rglob("*.h5.tmp*"))
+    def remove_partial_files(self, path: str) -> int:
+        """Temporary .h5 files a killed writer left in `path` (never renamed into place = never committed)."""
+        d = self.root / path
+        stale = list(d.glob("*.h5.tmp*")) if d.is_dir() else []
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return len(stale)
 
 
 class StoreWriteError(OSError):
@@ -382,7 +372,7 @@ class FeatureStore:
         _, pending = self.segments(key, fingerprint)
         for seg in pending:
             self.backend.delete(f"{key}/{fingerprint}/{seg}")
-        return len(pending)
+        return len(pending) + self.backend.remove_partial_files(f"{key}/{fingerprint}")
 
     # -- write
     def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:

@@ -72,7 +72,10 @@ def test_hdf5_temp_file_is_not_a_segment(tmp_path):
     st.write_segment("k", "fp", [("a", feats(1, 2))])
     seg_dir = tmp_path / "s" / "k" / "fp"
     (seg_dir / "zzz.h5.tmp123").write_bytes(b"partial")
-    assert set(FeatureStore(tmp_path / "s", "hdf5").index("k")) == {"a"}
+    st2 = FeatureStore(tmp_path / "s", "hdf5")
+    assert set(st2.index("k")) == {"a"}
+    assert st2.gc_uncommitted("k", "fp") == 1 and not (seg_dir / "zzz.h5.tmp123").exists()
+    assert set(st2.index("k", refresh=True)) == {"a"}
 
 
 def test_empty_clips_without_arrays(tmp_path):
