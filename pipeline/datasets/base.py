@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from emocache.config import DatasetConfig, SplitConfig
+from pipeline.weights import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -100,12 +101,9 @@ class HashCache:
         hit = self.data.get(key)
         if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
             return hit["sha256"]
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        self.data[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-        return h.hexdigest()
+        digest = sha256_file(p)
+        self.data[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        return digest
 
     def save(self) -> None:
         if self.path:
