@@ -13,6 +13,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Extract expensive multimodal features once into a cache; train small heads on it.")
 datasets_app = typer.Typer(no_args_is_help=True, help="List, inspect and add datasets (params.yaml `datasets:`).")
 app.add_typer(datasets_app, name="datasets")
+weights_app = typer.Typer(no_args_is_help=True,
+                          help="The models emocache knows (list) and the one command that downloads them (fetch).")
+app.add_typer(weights_app, name="weights")
 
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="params file (every tunable number lives there)")
 
@@ -184,6 +187,52 @@ def doctor(params: str = PARAMS):
     cfg = _config(params)
     ok = run_doctor(cfg, typer.echo)
     raise typer.Exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------- weights
+@weights_app.command("list")
+def weights_list(params: str = PARAMS, as_json: bool = typer.Option(False, "--json", help="machine-readable")):
+    """Every known model: extractor, file, source, size, sha256 pin, licence, present (path) or missing."""
+    from emocache.weights import list_json, list_lines
+
+    cfg = _config(params)
+    if as_json:
+        typer.echo(json.dumps(list_json(cfg), indent=1))
+        return
+    for line in list_lines(cfg):
+        typer.echo(line)
+
+
+@weights_app.command("fetch")
+def weights_fetch(names: Optional[list[str]] = typer.Argument(None, help="models from `emocache weights list`"),
+                  missing: bool = typer.Option(False, "--missing", help="what these params use and this machine lacks"),
+                  all_: bool = typer.Option(False, "--all", help="every model in the catalog"),
+                  mirror: Optional[str] = typer.Option(None, help="fetch <URL>/<file name> instead of the official "
+                                                                  "source (also env EMOCACHE_WEIGHTS_MIRROR, params "
+                                                                  "weights.fetch.mirror); same pins"),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="print what would be fetched"),
+                  params: str = PARAMS):
+    """Download models into weights.dir (hub repos: the Hugging Face cache), verified against their pins.
+
+    The only command that uses the network. Partial downloads resume; a failed or mismatching download
+    leaves no file under the real name."""
+    from emocache.weights import fetch_options, select
+    from pipeline.weights_catalog import UnknownModelError
+    from pipeline.weights_fetch import fetch
+
+    cfg = _config(params)
+    try:
+        entries = select(cfg, names or [], missing, all_)
+    except (ValueError, UnknownModelError) as e:
+        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        raise typer.Exit(2)
+    if not entries:
+        typer.echo("nothing to fetch: every model these params use is present")
+        return
+    _, errors = fetch(entries, fetch_options(cfg, mirror, dry_run, lambda m: typer.echo(m, err=m.startswith("error"))))
+    if errors:
+        typer.echo(f"weights fetch: {len(errors)} of {len(entries)} failed", err=True)
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- heads

@@ -31,10 +31,21 @@ class StoreConfig(Strict):
     tables_dir: str = "cache/datasets"
 
 
+class WeightsFetchConfig(Strict):
+    """`emocache weights fetch` only (extraction never downloads)."""
+    mirror: Optional[str] = None            # fetch <mirror>/<file name> instead; EMOCACHE_WEIGHTS_MIRROR / --mirror override
+    timeout_s: float = 60.0                 # connect and per-read timeout
+    retries: int = 3                        # extra attempts after a network failure (never after a 4xx or a wrong hash)
+    backoff_s: float = 2.0                  # wait before retry k: backoff_s * 2**k
+    chunk_kb: int = 1024                    # read size of the download stream
+    progress_every_percent: float = 10.0    # without a TTY: one log line per this much of a file
+
+
 class WeightsConfig(Strict):
     dir: str = "weights"                    # EMOCACHE_WEIGHTS overrides
     allow_untrained: list[str] = Field(default_factory=list)  # extractors allowed to run with random init
     sha256: dict[str, str] = Field(default_factory=dict)      # file name -> expected sha256
+    fetch: WeightsFetchConfig = Field(default_factory=WeightsFetchConfig)
 
     def resolved_dir(self) -> Path:
         return Path(os.environ.get("EMOCACHE_WEIGHTS", self.dir))

