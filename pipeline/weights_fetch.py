@@ -30,6 +30,7 @@ from pipeline.weights import sha256_file
 from pipeline.weights_catalog import ModelFile, location, partial_path
 
 MIRROR_ENV = "EMOCACHE_WEIGHTS_MIRROR"
+HUB_ENDPOINT = "https://huggingface.co"
 
 
 class WeightsFetchError(RuntimeError):
@@ -57,11 +58,10 @@ def resolve_mirror(cli: Optional[str], param: Optional[str]) -> Optional[str]:
 
 
 def source_url(e: ModelFile, mirror: Optional[str]) -> str:
-    if mirror:
-        return f"{mirror}/{e.file_name}"
+    """URL files: `<mirror>/<file name>`. Hub repos: the mirror is a hub endpoint (hub URL layout)."""
     if e.kind == "url":
-        return e.source
-    return f"https://huggingface.co/{e.source}/resolve/{e.revision}/{e.file_name}"
+        return f"{mirror}/{e.file_name}" if mirror else e.source
+    return f"{mirror or HUB_ENDPOINT}/{e.source}/resolve/{e.revision}/{e.file_name}"
 
 
 def check_pin(e: ModelFile, path: Path) -> Optional[str]:
@@ -85,6 +85,7 @@ class _Progress:
         self.done = 0
         self._total = 0
         self._next_pct = opts.progress_every_percent
+        self._finishing = False
         tty = sys.stderr.isatty() if opts.progress is None else opts.progress
         self.bar = None
         if tty:
@@ -106,7 +107,11 @@ class _Progress:
     def update(self, n: int) -> None:
         self.done += n
         if self.bar is not None:
-            self.bar.update(n)
+            if self._finishing:    # pooch's final update: show the true total instead of counted chunks
+                self.bar.n = self._total or self.bar.n
+                self.bar.refresh()
+            else:
+                self.bar.update(n)
             return
         if self._total and self.opts.progress_every_percent > 0:
             pct = 100.0 * min(self.offset + self.done, self._total) / self._total
@@ -116,9 +121,7 @@ class _Progress:
                     self._next_pct += self.opts.progress_every_percent
 
     def reset(self) -> None:      # pooch: reset + update(total) at the end, to fill the bar
-        if self.bar is not None:
-            self.bar.reset(total=self._total or None)
-            self.bar.update(self.offset)
+        self._finishing = True
         self.done = 0
 
     def close(self) -> None:
@@ -252,18 +255,18 @@ def _retryable(err: BaseException) -> bool:
     return isinstance(err, _network_errors())
 
 
-def _describe(err: BaseException, e: ModelFile, url: str, opts: FetchOptions) -> str:
+def _describe(err: BaseException, e: ModelFile, url: str, opts: FetchOptions, final: bool = True) -> str:
     part = partial_path(e, opts.weights_dir)
-    kept = (f" Kept {part.stat().st_size:,} B in {part}; run `emocache weights fetch {e.name}` again to resume."
-            if e.kind == "url" and part.exists() and part.stat().st_size else "")
+    kept = (f". Kept {part.stat().st_size:,} B in {part}; run `emocache weights fetch {e.name}` again to resume"
+            if final and e.kind == "url" and part.exists() and part.stat().st_size else "")
     code = _status(err)
     if code is not None:
         reason = getattr(err.response, "reason", None) or getattr(err.response, "reason_phrase", "")
         return f"{e.name}: {url}: HTTP {code} {reason}".rstrip()
     if "timed out" in str(err).lower() or "timeout" in type(err).__name__.lower():
-        return f"{e.name}: {url}: timed out (no data for {opts.timeout_s:g} s, weights.fetch.timeout_s).{kept}"
+        return f"{e.name}: {url}: timed out (no data for {opts.timeout_s:g} s, weights.fetch.timeout_s){kept}"
     if isinstance(err, _network_errors()):
-        return f"{e.name}: {url}: connection failed or dropped ({type(err).__name__}: {err}).{kept}"
+        return f"{e.name}: {url}: connection failed or dropped ({type(err).__name__}: {err}){kept}"
     return f"{e.name}: {url}: {type(err).__name__}: {err}"
 
 
@@ -295,7 +298,7 @@ def fetch_one(e: ModelFile, opts: FetchOptions) -> Optional[Path]:
         except Exception as err:
             if attempt < opts.retries and _retryable(err):
                 wait = opts.backoff_s * 2 ** attempt
-                opts.log(f"{e.name}: {_describe(err, e, url, opts)}; retry {attempt + 1}/{opts.retries} "
+                opts.log(f"{_describe(err, e, url, opts, final=False)}; retry {attempt + 1}/{opts.retries} "
                          f"in {wait:g} s")
                 time.sleep(wait)
                 continue

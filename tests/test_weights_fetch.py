@@ -47,6 +47,7 @@ class Server:
     base: str
     files: dict = field(default_factory=dict)       # url path -> bytes
     behaviour: dict = field(default_factory=dict)   # url path -> Behaviour
+    headers: dict = field(default_factory=dict)     # url path -> extra response headers (hub layout)
     requests: list = field(default_factory=list)    # (method, path, Range header)
 
 
@@ -64,6 +65,7 @@ def _handler(state: Server):
             self._serve(body=True)
 
         def _serve(self, body: bool):
+            self.path = self.path.split("?")[0]
             state.requests.append((self.command, self.path, self.headers.get("Range")))
             b = state.behaviour.get(self.path, Behaviour())
             data = state.files.get(self.path)
@@ -87,6 +89,8 @@ def _handler(state: Server):
             else:
                 self.send_response(200)
             self.send_header("Accept-Ranges", "bytes")
+            for k, v in state.headers.get(self.path, {}).items():
+                self.send_header(k, v)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
             if not body:
@@ -182,6 +186,16 @@ def test_good_download_is_verified_and_renamed(server, tmp_path, make_config, mo
     n = len(server.requests)
     fetch_one(e, options(tmp_path))
     assert len(server.requests) == n
+
+
+def test_progress_bar_on_a_tty(server, tmp_path, capsys):
+    e = fixture_entry(server)
+    server.behaviour[f"/official/{e.name}"] = Behaviour(drop_at=len(FIXTURE) // 2, drop_times=1)
+    logs = []
+    fetch_one(e, options(tmp_path, progress=True, retries=1, logs=logs))
+    err = capsys.readouterr().err
+    assert e.name in err and "100%" in err and "16.4k" in err       # tqdm bar, resumed part included
+    assert not any("%" in m for m in logs)                          # no plain progress lines besides the bar
 
 
 def test_interrupted_transfer_resumes(server, tmp_path, make_config, monkeypatch):
@@ -412,3 +426,57 @@ def test_swin_entry_matches_timm_pretrained_cfg():
 
     cfg = timm.models.get_pretrained_cfg("swin_tiny_patch4_window7_224")
     assert catalog.entry("swin_tiny_patch4_window7_224").source == cfg.hf_hub_id
+
+
+# ---------------------------------------------------------------- hub repos (huggingface_hub against a local endpoint)
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_entry(server: Server, etag: str | None = None, pin: str | None = None) -> ModelFile:
+    """A two-file hub repo served by the local server under the hub's URL layout (the mirror = hub endpoint)."""
+    repo = "timm/swin_tiny_patch4_window7_224.ms_in1k"
+    files = {"model.safetensors": FIXTURE, "config.json": b'{"architecture": "swin"}'}
+    for name, data in files.items():
+        path = f"/{repo}/resolve/main/{name}"
+        server.files[path] = data
+        tag = hashlib.sha256(data).hexdigest() if name == "model.safetensors" else hashlib.sha1(data).hexdigest()
+        server.headers[path] = {"X-Repo-Commit": HUB_COMMIT,
+                                "ETag": f'"{etag if etag and name == "model.safetensors" else tag}"'}
+    return ModelFile("swin_tiny_patch4_window7_224", "swin", "hf", repo, "MIT", hf_files=tuple(files),
+                     pin_file="model.safetensors", sha256=pin)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_hub_repo_through_a_mirror_endpoint(server, tmp_path, hub_cache, monkeypatch):
+    e = hub_entry(server)
+    use_catalog(monkeypatch, e)
+    assert catalog.location(e, tmp_path / "weights") is None
+    path = fetch_one(e, options(tmp_path, mirror=server.base))
+    assert path.read_bytes() == FIXTURE and str(hub_cache) in str(path)
+    assert catalog.location(e, tmp_path / "weights") == path      # what swin.py and `list` look up, offline
+    assert {p for _, p, _ in server.requests} == {f"/{e.source}/resolve/main/{f}" for f in e.hf_files}
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE                                # fetch lifted offline mode for itself only
+
+
+def test_hub_repo_etag_mismatch_leaves_nothing(server, tmp_path, hub_cache, monkeypatch):
+    e = hub_entry(server, etag="f" * 64)
+    with pytest.raises(WeightsFetchError, match="expected sha256 f{64}"):
+        fetch_one(e, options(tmp_path, mirror=server.base))
+    assert catalog.location(e, tmp_path / "weights") is None
+    assert catalog.hf_cached_file(e.source, "model.safetensors") is None
+
+
+def test_hub_repo_pin_mismatch(server, tmp_path, hub_cache):
+    e = hub_entry(server, pin="0" * 64)
+    with pytest.raises(WeightsFetchError, match="expected sha256 0{64} but got"):
+        fetch_one(e, options(tmp_path, mirror=server.base))
+    assert catalog.location(e, tmp_path / "weights") is None
