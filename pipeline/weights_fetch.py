@@ -278,7 +278,9 @@ def fetch_one(e: ModelFile, opts: FetchOptions) -> Optional[Path]:
         if problem is None:
             opts.log(f"{e.name}: present, {e.pin_text()}: {here}")
             return here
-        opts.log(f"{e.name}: {here} does not match its pin ({problem}); downloading it again")
+        # never overwrite or delete a file we did not write: the user decides what it is
+        raise WeightsFetchError(f"{e.name}: {here} is present but does not match the catalog pin ({problem}). "
+                                f"Move it away, then run `emocache weights fetch {e.name}` again.")
     url = source_url(e, opts.mirror)
     dest = opts.weights_dir / e.name if e.kind == "url" else "the Hugging Face cache"
     if opts.dry_run:

@@ -279,6 +279,16 @@ def test_server_slower_than_timeout(server, tmp_path, make_config, monkeypatch):
     assert "MISS" in doctor_for(make_config, tmp_path, e)
 
 
+def test_present_file_that_fails_its_pin_is_left_alone(server, tmp_path):
+    e = fixture_entry(server, pin="prefix")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / e.name).write_bytes(b"someone else's file")
+    with pytest.raises(WeightsFetchError, match="present but does not match") as err:
+        fetch_one(e, options(tmp_path))
+    assert "expected a sha256 starting with" in str(err.value)
+    assert (tmp_path / "weights" / e.name).read_bytes() == b"someone else's file" and server.requests == []
+
+
 def test_server_ignoring_range_restarts_the_part(server, tmp_path, monkeypatch):
     e = fixture_entry(server)
     (tmp_path / "weights").mkdir()
