@@ -189,11 +189,12 @@ def _fetch_url(e: ModelFile, url: str, opts: FetchOptions) -> Path:
 
 # ---------------------------------------------------------------- hub repos (huggingface_hub)
 @contextlib.contextmanager
-def _hub_online():
+def _hub_online(timeout_s: float):
     """This command is the explicit request to download: lift HF_HUB_OFFLINE for its duration only."""
     from huggingface_hub import constants
 
-    with mock.patch.object(constants, "HF_HUB_OFFLINE", False):
+    with mock.patch.object(constants, "HF_HUB_OFFLINE", False), \
+            mock.patch.object(constants, "HF_HUB_DOWNLOAD_TIMEOUT", timeout_s):
         yield
 
 
@@ -203,7 +204,7 @@ def _fetch_hf(e: ModelFile, mirror: Optional[str], opts: FetchOptions) -> Path:
 
     tty = sys.stderr.isatty() if opts.progress is None else opts.progress
     (enable_progress_bars if tty else disable_progress_bars)()
-    with _hub_online():
+    with _hub_online(opts.timeout_s):
         target = None
         for fname in e.hf_files:
             opts.log(f"  {e.name}: {e.source}/{fname}")

@@ -490,3 +490,26 @@ def test_hub_repo_pin_mismatch(server, tmp_path, hub_cache):
     with pytest.raises(WeightsFetchError, match="expected sha256 0{64} but got"):
         fetch_one(e, options(tmp_path, mirror=server.base))
     assert catalog.location(e, tmp_path / "weights") is None
+
+
+def test_hub_repo_slower_than_timeout(server, tmp_path, hub_cache):
+    e = hub_entry(server)
+    server.behaviour[f"/{e.source}/resolve/main/model.safetensors"] = Behaviour(delay_s=1.0)
+    with pytest.raises(WeightsFetchError, match="timed out"):
+        fetch_one(e, options(tmp_path, mirror=server.base, timeout_s=0.2))
+    assert catalog.location(e, tmp_path / "weights") is None
+
+
+def test_only_weights_fetch_uses_the_network():
+    """Extraction resolves weights offline: no other module calls a downloader (hub reads are local-only)."""
+    import re
+
+    net = re.compile(r"import pooch|hf_hub_download|snapshot_download\((?!.*local_files_only=True)|requests\.(get|head)"
+                     r"|urlopen|urllib\.request|load_state_dict_from_url|download_url_to_file|hub\.load\(")
+    # the fetch command itself; the TF-Hub converter is a separate tool run by hand in its own venv (tfhub extra)
+    allowed = {"weights_fetch.py", "tfhub_convert.py"}
+    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+            for d in ("pipeline", "heads", "emocache") for p in sorted((REPO / d).rglob("*.py"))
+            if p.name not in allowed
+            for i, line in enumerate(p.read_text().splitlines(), 1) if net.search(line)]
+    assert hits == []
