@@ -12,15 +12,17 @@ def weights_dir(cfg: Config) -> Path:
     return cfg.path(cfg.weights.resolved_dir())
 
 
+def _partial_note(cfg: Config, e: catalog.ModelFile) -> str:
+    n = catalog.partial_bytes(e, weights_dir(cfg))
+    return f" (partial download {n:,} B in {catalog.partial_path(e, weights_dir(cfg))}; fetch resumes it)" if n else ""
+
+
 def status_text(cfg: Config, e: catalog.ModelFile) -> tuple[bool, str]:
-    """(present, 'present: PATH' | 'missing[, partial N B]: emocache weights fetch NAME')."""
-    wdir = weights_dir(cfg)
-    here = catalog.location(e, wdir)
+    """(present, 'present: PATH' | 'missing: emocache weights fetch NAME [partial ...]')."""
+    here = catalog.location(e, weights_dir(cfg))
     if here is not None:
         return True, f"present: {here}"
-    part = catalog.partial_bytes(e, wdir)
-    partial = f", partial download {part:,} B in {catalog.partial_path(e, wdir)}" if part else ""
-    return False, f"missing{partial}: {catalog.fetch_command(e)}"
+    return False, f"missing: {catalog.fetch_command(e)}{_partial_note(cfg, e)}"
 
 
 def list_lines(cfg: Config) -> list[str]:
@@ -73,11 +75,15 @@ def fetch_options(cfg: Config, mirror: Optional[str], dry_run: bool, log: Callab
 
 
 def doctor_lines(cfg: Config) -> list[str]:
-    """One line per catalog model: present (path) or missing with the exact fetch command."""
+    """One line per catalog model: OK (path) or MISSING with the exact fetch command."""
     used = set(e.name for e in catalog.required(cfg))
-    lines = []
+    lines, used_missing = [], 0
     for e in catalog.CATALOG:
-        present, state = status_text(cfg, e)
-        tag = "used" if e.name in used else "    "
-        lines.append(f"  {e.name:<32} {tag} {'OK  ' if present else 'MISS'} {state}")
+        here = catalog.location(e, weights_dir(cfg))
+        state = f"OK       {here}" if here else f"MISSING  {catalog.fetch_command(e)}{_partial_note(cfg, e)}"
+        used_missing += here is None and e.name in used
+        lines.append(f"  {e.name:<32} {'used' if e.name in used else '    '}  {state}")
+    if used_missing:
+        lines.append(f"  {used_missing} model(s) these params use are missing; all of them: "
+                     f"emocache weights fetch --missing")
     return lines

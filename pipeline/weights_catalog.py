@@ -143,11 +143,15 @@ def hf_cached_file(repo_id: str, filename: str, revision: str = "main") -> Optio
 
 
 def location(e: ModelFile, weights_dir: Path) -> Optional[Path]:
-    """Where the model is on this machine (URL file: weights dir, then torch hub cache; hub repo: the HF cache)."""
-    if e.kind == "url":
+    """Where the model is on this machine, looked up as the extractors do: a file in the weights dir or the
+    torch hub cache (hub repos: also a state dict saved under an alias file name, e.g. Swin's .pth), else
+    the Hugging Face cache."""
+    files = (e.name,) if e.kind == "url" else tuple(a for a in e.aliases if Path(a).suffix)
+    for f in files:
         for d in (Path(weights_dir), torch_hub_checkpoint_dir()):
-            if (d / e.name).is_file():
-                return d / e.name
+            if (d / f).is_file():
+                return d / f
+    if e.kind == "url":
         return None
     if any(hf_cached_file(e.source, f, e.revision) is None for f in e.hf_files):
         return None
@@ -180,7 +184,10 @@ def required(cfg: Any) -> list[ModelFile]:
         wanted.append(ex.text.model)
     out = []
     for w in wanted:
-        e = entry_for_file(w)
+        try:   # exact names only: a local dir that happens to be called bert-base-uncased is not the hub repo
+            e = entry(w)
+        except UnknownModelError:
+            e = None
         if e is not None and e not in out:
             out.append(e)
     return out

@@ -410,6 +410,17 @@ def test_missing_selects_what_the_params_use(make_config, tmp_path):
     assert "yolov5n.pt" not in [e.name for e in select(cfg, [], missing=True, all_=False)]
 
 
+def test_swin_state_dict_in_the_weights_dir_counts_as_present(make_config, tmp_path):
+    e = catalog.entry("swin_tiny_patch4_window7_224")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "swin_tiny_patch4_window7_224.pth").write_bytes(b"state dict")
+    assert catalog.location(e, tmp_path / "weights") == tmp_path / "weights" / "swin_tiny_patch4_window7_224.pth"
+    cfg = make_config(datasets={"d": {"adapter": "folder", "root": str(tmp_path), "extractors": ["swin"]}})
+    from emocache.weights import select
+
+    assert select(cfg, [], missing=True, all_=False) == []
+
+
 def test_missing_weights_error_names_the_fetch_command(make_config):
     from pipeline.weights import missing_message
 
