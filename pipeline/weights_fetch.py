@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
-from unittest import mock
 
 from pipeline.weights import sha256_file
 from pipeline.weights_catalog import ModelFile, location, partial_path
@@ -173,7 +172,7 @@ class ResumingDownloader:
         mismatch = check_pin(self.e, self.part) if not self.e.sha256 else None
         if mismatch:   # prefix-only pin: pooch cannot check it, so it is checked here, before the rename
             self.part.unlink()
-            raise ValueError(f"{self.e.name}: {mismatch}. Deleted the download.")
+            raise ValueError(f"{mismatch}. Deleted the download.")
         os.replace(self.part, output_file)
 
 
@@ -189,22 +188,27 @@ def _fetch_url(e: ModelFile, url: str, opts: FetchOptions) -> Path:
 
 # ---------------------------------------------------------------- hub repos (huggingface_hub)
 @contextlib.contextmanager
-def _hub_online(timeout_s: float):
-    """This command is the explicit request to download: lift HF_HUB_OFFLINE for its duration only."""
+def _hub_online(timeout_s: float, progress: bool):
+    """This command is the explicit request to download: lift HF_HUB_OFFLINE (and set the hub client's
+    download timeout and progress bars) for its duration only; every other run stays offline."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    with mock.patch.object(constants, "HF_HUB_OFFLINE", False), \
-            mock.patch.object(constants, "HF_HUB_DOWNLOAD_TIMEOUT", timeout_s):
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT, are_progress_bars_disabled()
+    constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = False, timeout_s
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
         yield
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved[0], saved[1]
+        (disable_progress_bars if saved[2] else enable_progress_bars)()
 
 
 def _fetch_hf(e: ModelFile, mirror: Optional[str], opts: FetchOptions) -> Path:
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     tty = sys.stderr.isatty() if opts.progress is None else opts.progress
-    (enable_progress_bars if tty else disable_progress_bars)()
-    with _hub_online(opts.timeout_s):
+    with _hub_online(opts.timeout_s, tty):
         target = None
         for fname in e.hf_files:
             opts.log(f"  {e.name}: {e.source}/{fname}")
@@ -221,7 +225,7 @@ def _fetch_hf(e: ModelFile, mirror: Optional[str], opts: FetchOptions) -> Path:
                     problem = f"expected sha256 {etag} (the hub's ETag) but got {got}"
                 if problem:
                     _remove_hf_file(p)
-                    raise ValueError(f"{e.name}: {fname}: {problem}. Deleted the download.")
+                    raise ValueError(f"{fname}: {problem}. Deleted the download.")
     return target
 
 
