@@ -214,8 +214,7 @@ def weights_fetch(names: Optional[list[str]] = typer.Argument(None, help="models
                   params: str = PARAMS):
     """Download models into weights.dir (hub repos: the Hugging Face cache), verified against their pins.
 
-    The only command that uses the network. Partial downloads resume; a failed or mismatching download
-    leaves no file under the real name."""
+    The only command that uses the network. Partial downloads resume; a failed or mismatching download leaves no file under the real name."""  # noqa: E501
     from emocache.weights import fetch_options, select
     from pipeline.weights_catalog import UnknownModelError
     from pipeline.weights_fetch import fetch
