@@ -349,6 +349,26 @@ def test_mirror_override_cli_env_and_param(server, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "expected sha256" in r.output and dir_state(tmp_path / "weights") == []
 
 
+def test_fetch_missing_gets_only_what_the_params_use(server, tmp_path, make_config, monkeypatch):
+    used = fixture_entry(server, name="vggish-10086976.pth")
+    other = fixture_entry(server, name="yolov5n.pt")
+    server.files[f"/mirror/{used.name}"] = FIXTURE
+    use_catalog(monkeypatch, used, other)
+    params = write_params(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    raw["datasets"] = {"d": {"adapter": "folder", "root": str(tmp_path), "extractors": ["vggish", "egemaps"]}}
+    params.write_text(yaml.safe_dump(raw))
+    cfg = make_config(weights={"dir": str(tmp_path / "weights")}, datasets=raw["datasets"])
+    assert any("emocache weights fetch --missing" in line for line in doctor_lines(cfg))
+    runner = CliRunner()
+    r = runner.invoke(app, ["weights", "fetch", "--missing", "-p", str(params), "--mirror", server.base + "/mirror"])
+    assert r.exit_code == 0, r.output
+    assert dir_state(tmp_path / "weights") == [used.name]
+    assert not any("--missing" in line for line in doctor_lines(cfg))
+    r = runner.invoke(app, ["weights", "fetch", "--missing", "-p", str(params)])
+    assert r.exit_code == 0 and "nothing to fetch" in r.output
+
+
 def test_dry_run_fetches_nothing(server, tmp_path, monkeypatch):
     e = fixture_entry(server)
     use_catalog(monkeypatch, e)
