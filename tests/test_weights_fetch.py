@@ -524,6 +524,7 @@ def test_hub_repo_pin_mismatch(server, tmp_path, hub_cache):
 
 
 def test_hub_repo_slower_than_timeout(server, tmp_path, hub_cache):
+    """~6 s: huggingface_hub itself retries a stalled download 5 times (1 s apart, resuming) before it fails."""
     e = hub_entry(server)
     server.behaviour[f"/{e.source}/resolve/main/model.safetensors"] = Behaviour(delay_s=1.0)
     with pytest.raises(WeightsFetchError, match="timed out"):
