@@ -120,6 +120,10 @@ def test_batched_equals_one_at_a_time(all_classes, reference_run):
 def test_person_only_by_default(yolo_cfg, reference_run):
     det = yolo(yolo_cfg(conf=REF_CONF))
     assert det.class_ids == [0]
+    import torch
+
+    # the fp16 checkpoint runs in fp32 on CPU (half only applies on CUDA)
+    assert not det.backend.half and {p.dtype for p in det.backend.net.parameters()} == {torch.float32}
     _, images, singles = reference_run
     key = "opencv_samples/messi5.jpg"
     people = det.detect(np.stack([images[key]]))

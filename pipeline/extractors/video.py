@@ -123,6 +123,7 @@ class TracksExtractor(_VideoExtractor):
         from pipeline.video.tracking import ReidEmbedder
 
         device = self._device()
+        self.choice = self.detector_choice()   # what this run uses, even if a weights file appears meanwhile
         self.detector = build_detector(self.cfg, device)
         self.embedder = ReidEmbedder(device, self.cfg.runtime.precision, self.vcfg.tracker.embed_batch, self.cfg)
         self.weights = _combined_weights({"detector": self.detector.weights, "reid": self.embedder.weights})
@@ -154,7 +155,7 @@ class TracksExtractor(_VideoExtractor):
         n_det = int(sum(len(d) for d in dets))
         attrs = {"target_id": target_id, "target_by": how, "n_tracks": int(len(np.unique(rows[:, 1]))),
                  "n_detections": n_det, "frame_size": [int(w), int(h)], "shot_starts": cuts.tolist(),
-                 "detector": self.detector_choice()[0],
+                 "detector": self.choice[0],
                  "columns": ["frame_index", "track_id", "x1", "y1", "x2", "y2", "score"]}
         if len(rows) == 0:   # not a failure: the clip has nobody the detector finds (or no track confirmed)
             attrs["reason"] = "no_person" if n_det == 0 else "no_confirmed_track"

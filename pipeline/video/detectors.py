@@ -130,6 +130,9 @@ class _OriginalYoloV5:
         conv, cached = load_converted(path, digest, cfg.path(dcfg.converted_dir))
         self.names = list(conv["names"])
         self.stride = int(max(conv["stride"].max().item(), MIN_STRIDE))
+        if dcfg.imgsz % self.stride:
+            raise ValueError(f"{path}: detector.imgsz {dcfg.imgsz} is not a multiple of the model's stride "
+                             f"{self.stride}")
         self.half = device.type == "cuda" and dcfg.half
         self.net = build_network(conv, str(path)).to(device)
         if self.half:
@@ -143,8 +146,6 @@ class _OriginalYoloV5:
 
         from pipeline.video.yolov5 import letterbox, nms, scale_back
 
-        if c.imgsz % self.stride:
-            raise ValueError(f"detector.imgsz {c.imgsz} is not a multiple of the model stride {self.stride}")
         h, w = frames[0].shape[:2]
         x = torch.from_numpy(np.stack([letterbox(f, c.imgsz, self.stride) for f in frames])).to(self.device)
         x = x.permute(0, 3, 1, 2).contiguous()

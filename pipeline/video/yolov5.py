@@ -66,7 +66,9 @@ class YoloV5Net(nn.Module):
         scale = model_scale(conv)
         cfg = {**yaml_model_load("yolov5.yaml"), "scale": scale, "nc": conv["nc"]}
         layers, save = parse_model(cfg, ch=3, verbose=False)
-        head_from = conv["from"] or list(layers[-1].f)
+        head_from = list(layers[-1].f)
+        if conv["from"] and conv["from"] != head_from:
+            raise ValueError(f"the checkpoint's Detect reads layers {conv['from']}, yolov5.yaml's {head_from}")
         ch = [conv["state_dict"][f"model.24.m.{i}.weight"].shape[1] for i in range(len(head_from))]
         anchors = conv["state_dict"]["model.24.anchors"]
         head = AnchorDetect(conv["nc"], anchors, conv["stride"], ch)
