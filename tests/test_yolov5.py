@@ -309,3 +309,20 @@ def save_tree(obj, path):
     import torch
 
     torch.save(obj, str(path), pickle_module=_TreePickleModule, pickle_protocol=2)
+
+
+def test_fp16_on_cuda_equals_original(yolo_cfg, shared_data, shared_weights):
+    """With a GPU: the same equality in fp16 (detector.half), batched."""
+    import torch
+
+    from pipeline.video.detectors import YoloPersonDetector
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: fp16 runs only on CUDA")
+    det = YoloPersonDetector(yolo_cfg(conf=REF_CONF, iou=REF_NMS_IOU, classes=None), torch.device("cuda"))
+    assert det.backend.half and next(det.backend.net.parameters()).dtype == torch.float16
+    ref, images = reference_images(shared_data, shared_weights)
+    keys = [k for k, _ in images]
+    for key, ours in zip(keys, det.detect_labeled([im for _, im in images])):
+        missing, extra = match_reference(ref[key], ours, det.names)
+        assert not missing and not extra, (key, missing, extra)
