@@ -56,10 +56,10 @@ demo-real: install
 	$(VENV)/bin/emocache results
 
 test: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q --durations=15
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -rs --durations=15
 
 test-fast: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -m "not slow"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -rs -m "not slow"
 
 bench: install
 	for b in benchmarks/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done

@@ -347,6 +347,66 @@ def predict(video: str = typer.Argument(..., help="a video or audio file"),
 
 
 @app.command()
+def detect(files: list[str] = typer.Argument(..., help="images, or videos (every frame)"),
+           params: str = PARAMS,
+           weights: Optional[str] = typer.Option(None, help="a YOLO weights file (sets detector.kind: yolo)"),
+           json_out: Optional[str] = typer.Option(None, "--json", help="write the detections here")):
+    """Run the configured person detector (the tracks stage's own) on images or every frame of videos:
+    {file: [[class, confidence, [x1, y1, x2, y2]], ...]} in each file's own pixels ('file#frameN' per frame)."""
+    from emocache.video_tools import detect_files
+
+    cfg = _config(params, _detector_overrides(weights))
+    try:
+        found, ext = detect_files(cfg, files)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:   # missing weights/files, refused checkpoints
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3 if type(e).__name__ == "MissingWeightsError" else 2)
+    kind, why = ext.detector_choice()
+    n = sum(len(v) for v in found.values())
+    typer.echo(f"detect: {n} detections in {len(found)} image(s)/frame(s); detector {kind} ({why}); "
+               f"{ext.detector.weights.path or ext.detector.weights.source}")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(found, indent=1))
+        typer.echo(f"wrote {json_out}")
+    else:
+        typer.echo(json.dumps(found))
+
+
+@app.command()
+def tracks(video: str = typer.Argument(..., help="a video file"), params: str = PARAMS,
+           weights: Optional[str] = typer.Option(None, help="a YOLO weights file (sets detector.kind: yolo)"),
+           csv_out: Optional[str] = typer.Option(None, "--csv", help="write MOTChallenge rows here (1-based "
+                                                                      "decoded-frame numbers, decoded pixels)"),
+           overlay: Optional[str] = typer.Option(None, help="write an MP4 with boxes, track ids and the target")):
+    """Person tracks of one video exactly as the extract stage computes them (media.decode_fps, max_side)."""
+    from emocache.video_tools import track_video
+
+    cfg = _config(params, _detector_overrides(weights))
+    try:
+        r = track_video(cfg, video, csv_out, overlay)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3 if type(e).__name__ == "MissingWeightsError" else 2)
+    target = f"target {r['target_id']} ({r['target_by']})" if r["target_id"] >= 0 else f"no target ({r['reason']})"
+    typer.echo(f"tracks {video}: {r['frames']} frames at {r['fps']:g} fps ({r['frame_size'][0]}x{r['frame_size'][1]}), "
+               f"{r['tracks']} tracks, {r['rows']} rows, {target}, shot cuts at {r['shot_starts']}; "
+               f"detector {r['detector']} ({r['detector_why']})")
+    for what in ("csv", "overlay"):
+        if r[what]:
+            typer.echo(f"  wrote {r[what]}")
+
+
+def _detector_overrides(weights: Optional[str]) -> Optional[dict]:
+    if weights is None:
+        return None
+    if not Path(weights).is_file():
+        typer.echo(f"error: {weights}: no such file", err=True)
+        raise typer.Exit(2)
+    return {"extractors": {"video": {"detector": {"kind": "yolo", "weights_file": str(Path(weights).resolve())}}}}
+
+
+@app.command()
 def report(params: str = PARAMS,
            out: Optional[str] = typer.Option(None, help="HTML file to write (default: params report.out)"),
            metrics_dir: str = typer.Option("metrics", help="where `train` wrote <experiment>.json and plots/"),

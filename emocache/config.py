@@ -134,19 +134,28 @@ class TextConfig(Strict):
 
 
 class DetectorConfig(Strict):
-    # yolo: ultralytics person class (needs weights_file); hog: OpenCV's built-in full-body pedestrian
-    # detector (no weights; misses close-ups); face: person box estimated around each BlazeFace face
-    # (bundled in mediapipe; suits close/medium shots, misses people facing away)
-    kind: Literal["yolo", "hog", "face"] = "yolo"
-    weights_file: str = "yolov5su.pt"
+    # auto: yolo when weights_file resolves (weights dir, torch hub cache, or an absolute path), else face.
+    # yolo: an original YOLOv5 release checkpoint (yolov5n/s/m/l/x.pt) or an ultralytics one (yolov5su.pt,
+    # yolov8n.pt); hog: OpenCV's built-in full-body pedestrian detector (no weights; misses close-ups);
+    # face: person box estimated around each BlazeFace face (bundled in mediapipe; suits close/medium shots,
+    # misses people facing away)
+    kind: Literal["auto", "yolo", "hog", "face"] = "auto"
+    weights_file: str = "yolov5n.pt"
     conf: float = 0.4
     iou: float = 0.45
-    imgsz: int = 640
+    imgsz: int = 640                        # YOLO letterbox size (a multiple of the model's largest stride)
+    classes: Optional[list[str]] = Field(default_factory=lambda: ["person"])   # YOLO class names; None = all
+    max_det: int = 1000                     # YOLO detections kept per frame after NMS (the original's default)
+    max_nms: int = 30000                    # YOLO boxes entering NMS per frame, best first (the original's)
+    half: bool = True                       # YOLO in fp16 on CUDA; CPU always runs fp32
+    # Original YOLOv5 checkpoints are converted once into a tensors-only file named by the source's sha256
+    # (loaded weights_only=True), so later runs never unpickle the source.
+    converted_dir: str = "cache/weights"
     hog_scale: float = 1.05
     hog_win_stride: int = 8
     hog_upscale: float = 1.5                # HOG's window is 64x128: upscale so people under 128 px are found
     hog_hit_threshold: float = 0.0          # SVM margin a HOG window needs to count as a person
-    batch_frames: int = 16                  # frames per YOLO forward
+    batch_frames: int = 16                  # frames per YOLO forward (same-size frames, across clips)
     face_box_width: float = 3.0             # face kind: person box width in face widths, centred on the face
     face_box_above: float = 0.5             # face kind: box top this many face heights above the face box
     face_box_below: float = 6.0             # face kind: box bottom this many face heights below the face box

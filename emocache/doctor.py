@@ -45,6 +45,11 @@ def run_doctor(cfg: Config, echo: Callable[[str], None]) -> bool:
             echo(f"  {spec:<18} FAIL {type(e).__name__}: {first}")
             for line in rest:
                 echo(f"  {'':<18}      {line}")
+        if spec == "tracks":   # which person detector detector.kind (auto: YOLO weights found or not) picked
+            from pipeline.video.detectors import resolve_kind
+
+            kind, why = resolve_kind(cfg)
+            echo(f"  {'':<18}      person detector: {kind} ({why})")
     from emocache.weights import doctor_lines
 
     echo("weights catalog (`emocache weights list`; 'used' = these params use it):")

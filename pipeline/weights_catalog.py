@@ -57,7 +57,7 @@ class ModelFile:
 _YOLO_V7 = "https://github.com/ultralytics/yolov5/releases/download/v7.0/{}"
 _YOLO_LFS = ("Git LFS oid of the same file in the Ultralytics/YOLOv5 hub repo "
              "(its yolov5n.pt oid equals the v7.0 asset's known sha256)")
-_YOLO_EXTRACTOR = "tracks (detector.kind: yolo, detector.weights_file)"
+_YOLO_EXTRACTOR = "tracks (detector.kind: auto | yolo, detector.weights_file)"
 _YOLO_LICENCE = "AGPL-3.0"
 
 CATALOG: tuple[ModelFile, ...] = (
@@ -178,7 +178,7 @@ def required(cfg: Any) -> list[ModelFile]:
             wanted.append(ex.vggish.pca_file)
     if "swin" in specs:
         wanted.append(ex.video.swin.model)
-    if "tracks" in specs and ex.video.detector.kind == "yolo":
+    if "tracks" in specs and ex.video.detector.kind in ("yolo", "auto"):   # auto runs YOLO once the file is here
         wanted.append(ex.video.detector.weights_file)
     if "text" in specs:
         wanted.append(ex.text.model)

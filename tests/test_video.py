@@ -186,11 +186,12 @@ def test_yolo_plumbing_with_a_random_checkpoint(video_cfg, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     YOLO("yolov8n.yaml").save(str(tmp_path / "rand.pt"))
     cfg = video_cfg(weights={"dir": str(tmp_path)},
-                    extractors={"video": {"detector": {"kind": "yolo", "weights_file": "rand.pt", "conf": 0.0}}})
+                    extractors={"video": {"detector": {"kind": "yolo", "weights_file": "rand.pt", "conf": 0.0,
+                                                          "classes": ["0"]}}})   # yaml models name classes '0'..'79'
     from pipeline.video.detectors import YoloPersonDetector
 
     det = YoloPersonDetector(cfg, torch.device("cpu"))
-    assert det.weights.sha256 and det.weights.source == "weights dir"
+    assert det.weights.sha256 and det.weights.source == "weights dir (ultralytics)" and det.class_ids == [0]
     frames = np.random.default_rng(0).integers(0, 255, (2, 120, 160, 3), dtype=np.uint8)
     out = det.detect(frames)
     assert len(out) == 2

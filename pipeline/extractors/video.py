@@ -95,36 +95,55 @@ class TracksExtractor(_VideoExtractor):
     name = "tracks"
     version = "1"
 
+    def detector_choice(self) -> tuple[str, str]:
+        """(detector kind that runs, why): detector.kind, or for `auto` whether the YOLO weights resolve."""
+        from pipeline.video.detectors import resolve_kind
+
+        return resolve_kind(self.cfg)
+
     def params(self) -> dict:
         d = self.vcfg.detector
+        kind, _ = self.detector_choice()
         det = {"hog": {"kind": "hog", "scale": d.hog_scale, "win_stride": d.hog_win_stride, "upscale": d.hog_upscale,
                        "hit_threshold": d.hog_hit_threshold, "iou": d.iou},
                "face": {"kind": "face", "conf": d.conf, "width": d.face_box_width, "above": d.face_box_above,
                         "below": d.face_box_below},
                "yolo": {"kind": "yolo", "weights_file": d.weights_file, "conf": d.conf, "iou": d.iou,
-                        "imgsz": d.imgsz}}[d.kind]
+                        "imgsz": d.imgsz, "classes": d.classes, "max_det": d.max_det, "max_nms": d.max_nms,
+                        "half": d.half}}[kind]
         return {"detector": det, "tracker": self.vcfg.tracker.model_dump(exclude={"embed_batch"}),
                 **self.decode_params()}
+
+    def metadata(self) -> dict:
+        kind, why = self.detector_choice()
+        return {**super().metadata(), "detector": {"configured": self.vcfg.detector.kind, "kind": kind, "why": why}}
 
     def load(self) -> WeightsInfo:
         from pipeline.video.detectors import build_detector
         from pipeline.video.tracking import ReidEmbedder
 
         device = self._device()
+        self.choice = self.detector_choice()   # what this run uses, even if a weights file appears meanwhile
         self.detector = build_detector(self.cfg, device)
         self.embedder = ReidEmbedder(device, self.cfg.runtime.precision, self.vcfg.tracker.embed_batch, self.cfg)
         self.weights = _combined_weights({"detector": self.detector.weights, "reid": self.embedder.weights})
         return self.weights
 
     def extract_batch(self, clips: list[ClipInput]) -> list[ClipFeatures]:
-        return [self.extract_clip(c) for c in clips]
+        # every frame of every clip in one detector call: it batches same-size frames across clips
+        frames = [self.frames_of(c) for c in clips]
+        flat = self.detector.detect([f for fr in frames for f in fr])
+        bounds = np.cumsum([0, *(len(fr) for fr in frames)])
+        return [self.extract_clip(c, flat[a:b]) for c, a, b in zip(clips, bounds[:-1], bounds[1:])]
 
-    def extract_clip(self, clip: ClipInput) -> ClipFeatures:
+    def extract_clip(self, clip: ClipInput, detections: Optional[list[np.ndarray]] = None) -> ClipFeatures:
         from pipeline.video.tracking import choose_target, person_crops, shot_starts, track_clip, valid_detections
 
         frames = self.frames_of(clip)
         h, w = frames.shape[1:3]
-        dets = [valid_detections(d, w, h) for d in self.detector.detect(frames)]
+        if detections is None:
+            detections = self.detector.detect(frames)
+        dets = [valid_detections(d, w, h) for d in detections]
         crops = [c for f, d in zip(frames, dets) for c in person_crops(f, d)]
         flat = self.embedder.embed(crops)  # every crop of the clip in few large forwards
         embeds = np.split(flat, np.cumsum([len(d) for d in dets])[:-1])
@@ -133,13 +152,15 @@ class TracksExtractor(_VideoExtractor):
         target_id, how = choose_target(rows, clip.frame_times, w, h, clip.annotation, self.vcfg.tracker)
         target = rows[:, 1] == target_id
         t = np.asarray(clip.frame_times, dtype=np.float64)[rows[:, 0].astype(np.int64)]
-        return ClipFeatures(
-            arrays={"features": rows, "target": target},
-            times=np.column_stack([t, t + self.frame_span()]),
-            attrs={"target_id": target_id, "target_by": how, "n_tracks": int(len(np.unique(rows[:, 1]))),
-                   "n_detections": int(sum(len(d) for d in dets)), "frame_size": [int(w), int(h)],
-                   "shot_starts": cuts.tolist(),
-                   "columns": ["frame_index", "track_id", "x1", "y1", "x2", "y2", "score"]})
+        n_det = int(sum(len(d) for d in dets))
+        attrs = {"target_id": target_id, "target_by": how, "n_tracks": int(len(np.unique(rows[:, 1]))),
+                 "n_detections": n_det, "frame_size": [int(w), int(h)], "shot_starts": cuts.tolist(),
+                 "detector": self.choice[0],
+                 "columns": ["frame_index", "track_id", "x1", "y1", "x2", "y2", "score"]}
+        if len(rows) == 0:   # not a failure: the clip has nobody the detector finds (or no track confirmed)
+            attrs["reason"] = "no_person" if n_det == 0 else "no_confirmed_track"
+        return ClipFeatures(arrays={"features": rows, "target": target},
+                            times=np.column_stack([t, t + self.frame_span()]), attrs=attrs)
 
 
 @register

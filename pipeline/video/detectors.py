@@ -1,6 +1,9 @@
 """Person detectors: frames in, per-frame (K, 5) float32 [x1, y1, x2, y2, score] in frame pixels out.
 
-- "yolo": ultralytics YOLO (class 0 = person), weights file from the weights dir; never downloaded.
+- "yolo": YOLO (detector.classes, person by default), weights file from the weights dir; never downloaded.
+  Original YOLOv5 release checkpoints run on pipeline.video.yolov5 (no yolov5 repository code, allow-listed
+  unpickling); ultralytics-format ones through ultralytics.YOLO.
+- "auto": yolo when the YOLO weights file resolves, else face (resolve_kind says which and why).
 - "hog": OpenCV's HOG + linear SVM people detector (Dalal & Triggs); its SVM ships inside OpenCV, so it
   needs no weight file. Much weaker than YOLO, and trained on full-body pedestrians: it misses close-ups.
 - "face": a person box estimated around each face BlazeFace (full range, bundled in mediapipe) finds:
@@ -9,7 +12,8 @@
 """
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -19,8 +23,11 @@ from pipeline.video.boxes import nms
 from pipeline.weights import MissingWeightsError, find_weights, missing_message, verify
 
 EMPTY = np.zeros((0, 5), dtype=np.float32)
-YOLO_HOW_TO_GET = ("Get it from the ultralytics assets release (e.g. yolov5su.pt) on a machine with internet "
-                   "and copy it there; or, with no weight file, set extractors.video.detector.kind: hog "
+EMPTY_LABELED = np.zeros((0, 6), dtype=np.float32)
+MIN_STRIDE = 32                                  # the original letterboxes to multiples of max(stride, 32)
+YOLO_HOW_TO_GET = ("Get an original YOLOv5 release checkpoint (yolov5n/s/m/l/x.pt, github.com/ultralytics/yolov5 "
+                   "releases v6.1-v7.0, AGPL-3.0) or an ultralytics one (e.g. yolov5su.pt) on a machine with "
+                   "internet and copy it there; or, with no weight file, set extractors.video.detector.kind: hog "
                    "(OpenCV's built-in full-body people detector) or face (person boxes around "
                    "BlazeFace faces, for close and medium shots).")
 
@@ -101,43 +108,145 @@ class FaceAnchoredPersonDetector:
         return [self.detect_one(f) for f in frames]
 
 
+def resolve_kind(cfg: Config) -> tuple[str, str]:
+    """(detector kind that runs, why): `auto` is yolo when the YOLO weights file resolves, else face."""
+    d = cfg.extractors.video.detector
+    if d.kind != "auto":
+        return d.kind, "set in params"
+    path = find_weights(cfg, d.weights_file)
+    if path is not None:
+        return "yolo", f"auto: {path} found"
+    return "face", f"auto: {d.weights_file} not found in the weights dirs"
+
+
+class _OriginalYoloV5:
+    """An original YOLOv5 release checkpoint on our rebuilt network (pipeline.video.yolov5)."""
+
+    def __init__(self, path: Path, digest: str, cfg: Config, device) -> None:
+        from pipeline.video.yolov5 import build_network
+        from pipeline.video.yolov5_checkpoint import load_converted
+
+        dcfg = cfg.extractors.video.detector
+        conv, cached = load_converted(path, digest, cfg.path(dcfg.converted_dir))
+        self.names = list(conv["names"])
+        self.stride = int(max(conv["stride"].max().item(), MIN_STRIDE))
+        if dcfg.imgsz % self.stride:
+            raise ValueError(f"{path}: detector.imgsz {dcfg.imgsz} is not a multiple of the model's stride "
+                             f"{self.stride}")
+        self.half = device.type == "cuda" and dcfg.half
+        self.net = build_network(conv, str(path)).to(device)
+        if self.half:
+            self.net.half()
+        self.device = device
+        self.source = f"weights dir (original YOLOv5{', converted copy reused' if cached else ', converted now'})"
+
+    def predict(self, frames: list[np.ndarray], c: DetectorConfig, class_ids: Optional[list[int]]) -> list[np.ndarray]:
+        """Same-size RGB frames -> (K, 6) [x1, y1, x2, y2, score, class] in frame pixels each."""
+        import torch
+
+        from pipeline.video.yolov5 import letterbox, nms, scale_back
+
+        h, w = frames[0].shape[:2]
+        x = torch.from_numpy(np.stack([letterbox(f, c.imgsz, self.stride) for f in frames])).to(self.device)
+        x = x.permute(0, 3, 1, 2).contiguous()
+        x = (x.half() if self.half else x.float()) / 255
+        classes = torch.tensor(class_ids, dtype=torch.float32) if class_ids is not None else None
+        with torch.inference_mode():
+            pred = self.net(x)
+        return [scale_back(d, h, w, c.imgsz, self.stride)
+                for d in nms(pred, c.conf, c.iou, classes, c.max_det, c.max_nms)]
+
+
+class _UltralyticsYolo:
+    """An ultralytics-format checkpoint (yolov5su.pt, yolov8n.pt, ...): ultralytics loads and runs it."""
+
+    def __init__(self, path: Path, cfg: Config, device) -> None:
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(path))
+        names = self.model.names
+        self.names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+        self.half = device.type == "cuda" and cfg.extractors.video.detector.half
+        self.device = device
+        self.source = "weights dir (ultralytics)"
+
+    def predict(self, frames: list[np.ndarray], c: DetectorConfig, class_ids: Optional[list[int]]) -> list[np.ndarray]:
+        chunk = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]  # ultralytics wants BGR
+        results = self.model.predict(chunk, classes=class_ids, conf=c.conf, iou=c.iou, imgsz=c.imgsz,
+                                     max_det=c.max_det, device=self.device,
+                                     quantize="fp16" if self.half else "fp32", verbose=False)
+        out = []
+        for r in results:
+            b = r.boxes
+            if b is None or len(b) == 0:
+                out.append(EMPTY_LABELED)
+                continue
+            out.append(np.concatenate([b.xyxy.cpu().numpy(), b.conf.cpu().numpy().reshape(-1, 1),
+                                       b.cls.cpu().numpy().reshape(-1, 1)], axis=1).astype(np.float32))
+        return out
+
+
 class YoloPersonDetector:
+    """YOLO on frames: original YOLOv5 release checkpoints on our network, ultralytics ones via ultralytics.
+
+    Frames of one size (one clip, or several clips of the same size) go through in batch_frames batches."""
+
     def __init__(self, cfg: Config, device) -> None:
+        from pipeline.video.yolov5_checkpoint import CheckpointError, checkpoint_format, converted_path
+
         dcfg = cfg.extractors.video.detector
         path = find_weights(cfg, dcfg.weights_file)
         if path is None:
             # A randomly initialised detector finds no people, so there is no untrained fallback here.
             raise MissingWeightsError(missing_message(cfg, "tracks (YOLO person detector)", dcfg.weights_file,
                                                       YOLO_HOW_TO_GET))
-        digest = verify(cfg, path)
-        from ultralytics import YOLO  # ultralytics checkpoints are pickled modules: it loads them itself
-
+        digest = verify(cfg, path)   # a pinned sha256 is checked before the file is parsed
         self.cfg = dcfg
-        self.device = device
-        self.model = YOLO(str(path))
-        self.quantize = "fp16" if device.type == "cuda" and cfg.runtime.precision == "fp16" else "fp32"
-        self.weights = WeightsInfo(pretrained=True, path=str(path), sha256=digest, source="weights dir")
+        if converted_path(cfg.path(dcfg.converted_dir), digest).exists() or checkpoint_format(path) == "yolov5":
+            self.backend = _OriginalYoloV5(path, digest, cfg, device)
+        else:
+            self.backend = _UltralyticsYolo(path, cfg, device)
+        self.names = self.backend.names
+        if dcfg.classes is None:
+            self.class_ids = None
+        else:
+            unknown = [n for n in dcfg.classes if n not in self.names]
+            if unknown:
+                raise CheckpointError(f"{path}: detector.classes names {unknown} which this checkpoint does not "
+                                      f"have; its {len(self.names)} classes: {', '.join(self.names)}")
+            self.class_ids = [self.names.index(n) for n in dcfg.classes]
+        self.weights = WeightsInfo(pretrained=True, path=str(path), sha256=digest, source=self.backend.source)
 
-    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
-        c = self.cfg
-        out: list[np.ndarray] = []
-        for i in range(0, len(frames), c.batch_frames):
-            chunk = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames[i:i + c.batch_frames]]  # YOLO wants BGR
-            results = self.model.predict(chunk, classes=[0], conf=c.conf, iou=c.iou, imgsz=c.imgsz,
-                                         device=self.device, quantize=self.quantize, verbose=False)
-            for r in results:
-                b = r.boxes
-                if b is None or len(b) == 0:
-                    out.append(EMPTY)
-                    continue
-                xyxy = b.xyxy.cpu().numpy().astype(np.float32)
-                conf = b.conf.cpu().numpy().astype(np.float32).reshape(-1, 1)
-                out.append(np.concatenate([xyxy, conf], axis=1))
+    def detect_labeled(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """RGB frames (any sizes) -> (K, 6) float32 [x1, y1, x2, y2, score, class index] each."""
+        out: list[Optional[np.ndarray]] = [None] * len(frames)
+        by_size: dict[tuple, list[int]] = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(f.shape[:2], []).append(i)
+        for idx in by_size.values():   # one letterbox shape per batch, so batching changes no output
+            for j in range(0, len(idx), self.cfg.batch_frames):
+                part = idx[j:j + self.cfg.batch_frames]
+                for i, d in zip(part, self.backend.predict([frames[i] for i in part], self.cfg, self.class_ids)):
+                    out[i] = d.astype(np.float32).reshape(-1, 6)
         return out
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [d[:, :5] for d in self.detect_labeled(frames)]
+
+
+def labeled(detector: PersonDetector, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """(K, 6) detections with class index from any detector (hog/face boxes are all class 0, person)."""
+    if hasattr(detector, "detect_labeled"):
+        return detector.detect_labeled(frames)
+    return [np.column_stack([d, np.zeros(len(d), np.float32)]) for d in detector.detect(frames)]
+
+
+def class_names(detector: PersonDetector) -> list[str]:
+    return list(getattr(detector, "names", ["person"]))
 
 
 def build_detector(cfg: Config, device) -> PersonDetector:
-    kind = cfg.extractors.video.detector.kind
+    kind, _ = resolve_kind(cfg)
     if kind == "hog":
         return HogPersonDetector(cfg.extractors.video.detector)
     if kind == "face":

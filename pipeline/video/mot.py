@@ -28,3 +28,19 @@ def write_mot_csv(path: str | os.PathLike, features: np.ndarray, target: Optiona
     with open(path, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows(rows)
     return len(rows)
+
+
+def read_mot_csv(path: str | os.PathLike) -> np.ndarray:
+    """A MOTChallenge text file back to track rows (R, 7) [frame_index (0-based), track_id, x1, y1, x2, y2, score];
+    a score of -1 (none recorded) reads as NaN."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for n, r in enumerate(csv.reader(fh), 1):
+            if not r:
+                continue
+            if len(r) < 7:
+                raise ValueError(f"{path}: line {n}: {len(r)} fields, a MOTChallenge row has 10 "
+                                 f"(frame,id,bb_left,bb_top,bb_width,bb_height,conf,x,y,z)")
+            fi, tid, x, y, w, h, conf = (float(v) for v in r[:7])
+            rows.append([fi - 1, tid, x, y, x + w, y + h, np.nan if conf == -1 else conf])
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
