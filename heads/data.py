@@ -176,23 +176,31 @@ def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str,
 
 
 # ---------------------------------------------------------------- split views
+def carve_mask(train_ids: list[str], fraction: float) -> np.ndarray:
+    """True for the train clips `carve_validation` holds out (the round(fraction x N) smallest id hashes);
+    all False when that would leave fewer than 2 training clips. Baselines use it to score on the same clips."""
+    import hashlib
+
+    keys = np.array([int(hashlib.sha256(c.encode()).hexdigest()[:12], 16) for c in train_ids])
+    n_val = int(round(fraction * len(train_ids)))
+    held = np.zeros(len(train_ids), dtype=bool)
+    if n_val >= 1 and len(train_ids) - n_val >= 2:
+        held[np.argsort(keys, kind="stable")[:n_val]] = True
+    return held
+
+
 def carve_validation(data: HeadData, fraction: float) -> HeadData:
     """When the clip table has no val split, hold out `fraction` of train as val. Clips are picked by a hash of
     their id, so the same clips are held out on every run, whatever the table order or the training seed."""
-    import hashlib
-
     import torch
 
     if data.has("val") or fraction <= 0 or not data.has("train"):
         return data
     train = data.splits["train"]
-    ids = [data.clip_ids[int(i)] for i in train]
-    keys = np.array([int(hashlib.sha256(c.encode()).hexdigest()[:12], 16) for c in ids])
-    n_val = int(round(fraction * len(ids)))
-    if n_val < 1 or len(ids) - n_val < 2:
+    held = carve_mask([data.clip_ids[int(i)] for i in train], fraction)
+    n_val = int(held.sum())
+    if n_val == 0:
         return data
-    held = np.zeros(len(ids), dtype=bool)
-    held[np.argsort(keys, kind="stable")[:n_val]] = True
     held_t = torch.from_numpy(held)
     splits = dict(data.splits, train=train[~held_t], val=train[held_t])
     return HeadData(data.clip_ids, data.modalities, data.y, splits, data.vocab, data.multilabel,

@@ -32,7 +32,7 @@ from heads.models import NEURAL_HEADS, FusionHead, build_head, input_stats, pred
 from heads.schedule import EarlyStopper, Schedule, make_optimizer, make_scheduler, resolve_schedule
 
 EVAL_SPLITS = ("val", "test")
-THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples")
+THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples", "jaccard")
 
 
 @dataclass

@@ -100,6 +100,7 @@ def poisoned(data):
     return type(data)(data.clip_ids, mods, y, data.splits, data.vocab, data.multilabel, dict(data.meta))
 
 
+@pytest.mark.slow   # two 4-trial searches + a 2-seed retrain: ~15 s on an idle core, ~50 s on a loaded one
 def test_search_never_reads_test_and_result_is_written_like_train(tmp_path):
     from heads.tune import search, tune_on_data
 
