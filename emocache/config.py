@@ -333,21 +333,10 @@ class TuneConfig(Strict):
     prune_warmup_epochs: int = 5
 
 
-class FinetuneConfig(Strict):
-    """Head `finetune_top`: the encoder layers above the cached layer, rebuilt with their pretrained weights."""
-    model: Optional[str] = None             # None = extractors.text.model (the encoder that filled the cache)
-    freeze: bool = False                    # True: only the classifier trains (reproduces the frozen-feature head)
-    lr: Optional[float] = None              # encoder layers' lr; None = train.lr (classifier) / lr_div
-    lr_div: float = 10.0
-    classifier: Literal["linear", "mlp"] = "linear"
-    normalize: bool = True                  # L2-normalise the pooled vector (what all-MiniLM-L6-v2 does)
-    max_tokens_per_batch: int = 8192        # token budget of one training batch (length-bucketed)
-
-
 class ExperimentConfig(Strict):
     dataset: str
     modalities: list[str]                   # store keys, e.g. ['vggish', 'text.transcript']
-    head: Literal["linear", "mlp", "nextvlad", "late_fusion", "early_fusion", "logreg", "finetune_top"] = "mlp"
+    head: Literal["linear", "mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
     late_fusion_weights: Optional[list[float]] = None   # None = tuned on validation
     late_fusion_grid_step: float = 0.05     # simplex grid step when tuning late-fusion weights
     max_frames: int = 100                   # longer clips are subsampled uniformly to this many rows
@@ -356,7 +345,6 @@ class ExperimentConfig(Strict):
     nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 # ---------------------------------------------------------------- predict / report (user-facing commands)
