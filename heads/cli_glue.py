@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from emocache.config import Config
 
@@ -18,7 +19,9 @@ def family_of(cfg: Config):
     return lambda key: build_extractor(cfg, key).family
 
 
-def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path) -> dict:
+def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path,
+                     trials: Optional[int] = None, out_name: Optional[str] = None) -> dict:
+    """trials None: `emocache train`; else `emocache tune` with that many trials, written as `out_name`."""
     from heads.data import open_stores
     from heads.train import run_experiment
     from pipeline.datasets import read_clip_table
@@ -26,8 +29,16 @@ def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path
     exp = cfg.experiments[name]
     table, summary = read_clip_table(cfg, exp.dataset)
     stores = open_stores(cfg, list(exp.modalities), family_of(cfg))
-    out = cfg.path(models_dir) / name
-    result = run_experiment(cfg, name, stores, table, summary["labels"], summary["multilabel"], out)
+    if trials is None:
+        out = cfg.path(models_dir) / name
+        result = run_experiment(cfg, name, stores, table, summary["labels"], summary["multilabel"], out)
+    else:
+        from heads.tune import tune_experiment
+
+        name = out_name or name
+        out = cfg.path(models_dir) / name
+        result = tune_experiment(cfg, exp, name, stores, table, summary["labels"], summary["multilabel"], out,
+                                 trials)
     metrics_dir = cfg.path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     shutil.move(str(out / "metrics.json"), metrics_dir / f"{name}.json")

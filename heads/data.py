@@ -173,3 +173,49 @@ def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str,
             meta = {}
         out[key] = bool(meta["pretrained"]) if "pretrained" in meta else None
     return out
+
+
+# ---------------------------------------------------------------- split views
+def carve_mask(train_ids: list[str], fraction: float) -> np.ndarray:
+    """True for the train clips `carve_validation` holds out (the round(fraction x N) smallest id hashes);
+    all False when that would leave fewer than 2 training clips. Baselines use it to score on the same clips."""
+    import hashlib
+
+    keys = np.array([int(hashlib.sha256(c.encode()).hexdigest()[:12], 16) for c in train_ids])
+    n_val = int(round(fraction * len(train_ids)))
+    held = np.zeros(len(train_ids), dtype=bool)
+    if n_val >= 1 and len(train_ids) - n_val >= 2:
+        held[np.argsort(keys, kind="stable")[:n_val]] = True
+    return held
+
+
+def carve_validation(data: HeadData, fraction: float) -> HeadData:
+    """When the clip table has no val split, hold out `fraction` of train as val. Clips are picked by a hash of
+    their id, so the same clips are held out on every run, whatever the table order or the training seed."""
+    import torch
+
+    if data.has("val") or fraction <= 0 or not data.has("train"):
+        return data
+    train = data.splits["train"]
+    held = carve_mask([data.clip_ids[int(i)] for i in train], fraction)
+    n_val = int(held.sum())
+    if n_val == 0:
+        return data
+    held_t = torch.from_numpy(held)
+    splits = dict(data.splits, train=train[~held_t], val=train[held_t])
+    return HeadData(data.clip_ids, data.modalities, data.y, splits, data.vocab, data.multilabel,
+                    dict(data.meta, val_carved={"fraction": fraction, "n": int(n_val)}))
+
+
+def without_split(data: HeadData, split: str) -> HeadData:
+    """A copy that physically lacks `split`'s rows (features, labels, ids): what model selection gets, so it
+    cannot read test labels even by mistake."""
+    import torch
+
+    keep = torch.cat([i for s, i in sorted(data.splits.items()) if s != split]).sort().values
+    remap = torch.full((len(data.clip_ids),), -1, dtype=torch.int64)
+    remap[keep] = torch.arange(len(keep))
+    mods = {k: Modality(m.x[keep], m.lengths[keep]) for k, m in data.modalities.items()}
+    splits = {s: (remap[i] if s != split else torch.zeros(0, dtype=torch.int64)) for s, i in data.splits.items()}
+    return HeadData([data.clip_ids[int(i)] for i in keep], mods, data.y[keep], splits, data.vocab, data.multilabel,
+                    dict(data.meta))

@@ -77,11 +77,22 @@ def loss_kind(cfg: TrainConfig, multilabel: bool) -> str:
     return kind
 
 
+def class_weights(y: torch.Tensor) -> torch.Tensor:
+    """Per class: inverse training frequency, scaled so the average clip weight is 1 (a class with no clip: 1)."""
+    count = y.sum(0)
+    w = torch.where(count > 0, y.shape[0] / (y.shape[1] * count.clamp_min(1)), torch.ones_like(count))
+    return w / (w * count).sum() * count.sum()
+
+
 def build_loss(cfg: TrainConfig, vocab: list[str], multilabel: bool, y_train: torch.Tensor) -> nn.Module:
-    """y_train: (N, C) multi-hot labels of the training split (pos_weight comes from them)."""
+    """y_train: (N, C) multi-hot labels of the training split (pos_weight / class weights come from them)."""
     kind = loss_kind(cfg, multilabel)
+    balance = cfg.class_balance if cfg.class_balance != "auto" else ("inverse" if kind == "bce" else "none")
+    power = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}[balance]
     if kind == "bce":
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_train.float()))
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_train.float()) ** power if power else None)
     if kind == "ce":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=class_weights(y_train.float()) ** power if power else None)
+    if power:
+        raise ValueError(f"train.class_balance {balance!r} does not combine with loss 'ep_ce' (use 'none' or 'auto')")
     return EPCELoss(class_polarity(vocab, cfg.polarity), cfg.ep_ce_gamma)

@@ -11,7 +11,7 @@ import warnings
 from typing import Iterable, Union
 
 import numpy as np
-from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, precision_recall_curve
+from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, jaccard_score, precision_recall_curve
 
 Thresholds = Union[float, np.ndarray]
 
@@ -61,6 +61,8 @@ def multilabel_metrics(y: np.ndarray, scores: np.ndarray, thresholds: Thresholds
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # weighted/samples on classes or clips with no label
             out[f"f1_{avg}"] = float(f1_score(y, pred, average=avg, zero_division=0))
+    # SemEval-2018 E-c "accuracy": |true & predicted| / |true | predicted| per clip; both empty counts as 1
+    out["jaccard"] = float(jaccard_score(y, pred, average="samples", zero_division=1.0))
     return out
 
 

@@ -4,6 +4,7 @@ Every encoder maps one modality's padded rows (B, T, D) + lengths (B,) to one ve
 a fusion module maps the concatenated vectors to one vector; a classifier maps that to logits.
 A new head is a new encoder or fusion class plus one line in `build_head`.
 
+- linear: RowEncoder -> one linear layer (the linear probe model selection compares against).
 - mlp (seed 000): RowEncoder (one random 0.96 s row per clip while training, mean of rows at eval)
   -> two fully connected layers.
 - early_fusion: RowEncoder per modality -> concatenation -> the same classifier.
@@ -184,7 +185,7 @@ def _safe(key: str) -> str:
 
 
 # ---------------------------------------------------------------- builders
-NEURAL_HEADS = ("mlp", "early_fusion", "nextvlad")
+NEURAL_HEADS = ("linear", "mlp", "early_fusion", "nextvlad")
 
 
 def build_head(kind: str, exp: ExperimentConfig, input_dims: dict[str, int], n_classes: int) -> FusionHead:
@@ -196,6 +197,10 @@ def build_head(kind: str, exp: ExperimentConfig, input_dims: dict[str, int], n_c
         return _row_mlp(input_dims, n_classes, exp.mlp)
     if kind == "early_fusion":
         return _row_mlp(input_dims, n_classes, exp.mlp)
+    if kind == "linear":   # a linear probe (several modalities: their row means concatenated)
+        encoders = {k: RowEncoder(d) for k, d in input_dims.items()}
+        fusion = ConcatFusion(sum(e.out_dim for e in encoders.values()))
+        return FusionHead(encoders, fusion, nn.Linear(fusion.out_dim, n_classes))
     if kind == "nextvlad":
         cfg = exp.nextvlad
         encoders = {k: SequenceEncoder(d, cfg) for k, d in input_dims.items()}

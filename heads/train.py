@@ -2,8 +2,9 @@
 
     run_experiment(cfg, name, stores, clip_table, vocab, multilabel, out_dir) -> metrics dict
 
-Per seed: Adam + MultiStepLR; when a val split exists the epoch with the best validation score is kept
-(early model choice). Results are reported as mean ± std over TrainConfig.seeds on the test split
+Per seed: the schedule of the experiment's recipe (heads/schedule.py: sized to the training set, warm-up +
+decay, early stopping on the validation score); when a val split exists (carved out of train when the clip
+table has none, train.val_carve) the epoch with the best validation score is kept (early model choice). Results are reported as mean ± std over TrainConfig.seeds on the test split
 (val when there is no test split, train when there is neither, named in "eval_split").
 """
 from __future__ import annotations
@@ -23,14 +24,15 @@ from emocache.progress import progress
 from heads import plots
 from heads.baselines import LogRegHead
 from heads.checkpoint import save_checkpoint
-from heads.data import HeadData, load_head_data, pretrained_flags
+from heads.data import HeadData, carve_validation, load_head_data, pretrained_flags
 from heads.fusion import fuse, fusion_weights
 from heads.losses import build_loss
 from heads.metrics import multilabel_metrics, selection_score, singlelabel_metrics, summarize, tune_thresholds
 from heads.models import NEURAL_HEADS, FusionHead, build_head, input_stats, predict_logits, probabilities
+from heads.schedule import EarlyStopper, Schedule, make_optimizer, make_scheduler, resolve_schedule
 
 EVAL_SPLITS = ("val", "test")
-THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples")
+THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples", "jaccard")
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Fit:
     history: list[dict]
     best_epoch: int
     seconds: float
+    schedule: Optional[Schedule] = None
+    epochs_run: int = 0
 
 
 @dataclass
@@ -50,6 +54,8 @@ class SeedRun:
     best_epoch: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     fusion: Optional[dict] = None
+    epochs_run: dict[str, int] = field(default_factory=dict)
+    schedule: Optional[dict] = None
 
 
 # ---------------------------------------------------------------- setup
@@ -67,15 +73,6 @@ def select_metric(tc: TrainConfig, multilabel: bool) -> str:
     return "mean" if multilabel else "f1_weighted"   # seed 000 Mean; weighted F1 for single-label (seeds 001/004)
 
 
-def make_adam(params, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # fused Adam is about twice as cheap per step as the default for these small heads
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-
-
 def minibatches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Chunks of `size`; a trailing chunk of one clip joins the previous one (BatchNorm needs two)."""
     chunks = list(torch.split(perm, size))
@@ -86,7 +83,8 @@ def minibatches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------- neural heads
 def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str], seed: int,
-               device: torch.device) -> Fit:
+               device: torch.device, on_eval=None, show_progress: bool = True) -> Fit:
+    """on_eval(epoch, val_score), when given, is called after each validation pass (tuning prunes through it)."""
     tc = exp.train
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
@@ -96,8 +94,11 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
         model.set_input_stats({k: input_stats(*data.modalities[k].take(train_idx)) for k in keys})
     model.to(device)
     loss_fn = build_loss(tc, data.vocab, data.multilabel, data.y[train_idx]).to(device)
-    opt = make_adam(model.parameters(), tc, device)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
+    schedule = resolve_schedule(tc, len(train_idx))
+    opt = make_optimizer(model.parameters(), schedule)
+    sched = make_scheduler(opt, schedule)
+    stopper = EarlyStopper(schedule.early_stop_patience if data.has("val") else 0)
+    epochs = schedule.epochs
 
     inputs = {k: tuple(t.to(device) for t in data.modalities[k].take(train_idx)) for k in keys}
     targets = data.targets(train_idx).to(device)
@@ -109,39 +110,43 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
         val_y = data.y[val_idx].numpy() if data.multilabel else data.targets(val_idx).numpy()
         metric = select_metric(tc, data.multilabel)
 
-    history, best, best_state, best_epoch = [], None, None, tc.epochs
+    history, best_state, best_epoch, epoch = [], None, epochs, 0
     n = len(train_idx)
     t0 = time.perf_counter()
     desc = f"train {kind} {'+'.join(keys)} seed {seed}"
-    with progress(total=tc.epochs, desc=desc, unit="epoch") as bar:   # log lines when not on a TTY
-        for epoch in range(1, tc.epochs + 1):
+    with progress(total=epochs, desc=desc, unit="epoch", enabled=show_progress) as bar:   # log lines when not on a TTY
+        for epoch in range(1, epochs + 1):
             model.train()
             total = torch.zeros((), device=device)
-            for b in minibatches(torch.randperm(n, generator=order).to(device), tc.batch_size):
+            for b in minibatches(torch.randperm(n, generator=order).to(device), schedule.batch_size):
                 loss = loss_fn(model({k: (x[b], l[b]) for k, (x, l) in inputs.items()}), targets[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 total += loss.detach() * len(b)   # no host sync per step
-            sched.step()
             row = {"epoch": epoch, "train_loss": float(total) / n}
-            if has_val and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+            if has_val and (epoch % tc.eval_every == 0 or epoch == epochs):
                 logits = predict_logits(model, val_inputs, tc.eval_batch_size, device)
                 val_loss = float(loss_fn(logits, val_targets))
                 probs = probabilities(logits, data.multilabel).cpu().numpy()
                 score = -val_loss if metric == "loss" else selection_score(metric, data.multilabel, val_y, probs,
                                                                           tc.threshold)
                 row.update(val_loss=val_loss, val_score=score)
-                if best is None or score > best:   # first epoch reaching the best score wins
-                    best, best_epoch = score, epoch
+                if stopper.update(epoch, score):   # first epoch reaching the best score wins
+                    best_epoch = epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if on_eval is not None:
+                    on_eval(epoch, score)
             history.append(row)
             bar.update(1)
             bar.set_postfix_str(f"loss {row['train_loss']:.4f}")
+            if stopper.should_stop(epoch):
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return Fit(model, history, best_epoch, time.perf_counter() - t0)
+    return Fit(model, history, best_epoch, time.perf_counter() - t0, schedule, epoch)
 
 
 def _split_probs(model: FusionHead, data: HeadData, keys: list[str], tc: TrainConfig,
@@ -162,7 +167,8 @@ def run_seed(kind: str, exp: ExperimentConfig, data: HeadData, seed: int, device
         fit = fit_neural(kind, exp, data, keys, seed, device)
         return SeedRun(seed, _split_probs(fit.model, data, keys, tc, device), {"state_dict": _cpu_state(fit.model)},
                        [dict(h, seed=seed, modality="+".join(keys)) for h in fit.history],
-                       {"+".join(keys): fit.best_epoch}, fit.seconds)
+                       {"+".join(keys): fit.best_epoch}, fit.seconds, epochs_run={"+".join(keys): fit.epochs_run},
+                       schedule=fit.schedule.as_dict())
     if kind == "late_fusion":
         return _late_fusion_seed(exp, data, keys, seed, device)
     if kind == "logreg":
@@ -180,13 +186,13 @@ def _late_fusion_seed(exp: ExperimentConfig, data: HeadData, keys: list[str], se
                       device: torch.device) -> SeedRun:
     """Seed 000: an independent MLP per modality, probabilities averaged with weights summing to 1."""
     tc = exp.train
-    per_key, states, history, best, seconds = {}, {}, [], {}, 0.0
+    per_key, states, history, best, seconds, ran = {}, {}, [], {}, 0.0, {}
     for k in keys:
         fit = fit_neural("mlp", exp, data, [k], seed, device)
         per_key[k] = _split_probs(fit.model, data, [k], tc, device)
         states[k] = _cpu_state(fit.model)
         history += [dict(h, seed=seed, modality=k) for h in fit.history]
-        best[k], seconds = fit.best_epoch, seconds + fit.seconds
+        best[k], seconds, ran[k] = fit.best_epoch, seconds + fit.seconds, fit.epochs_run
     val_probs = [per_key[k]["val"] for k in keys] if data.has("val") else None
     val_y = (data.y[data.splits["val"]].numpy() if data.multilabel else data.targets(data.splits["val"]).numpy()) \
         if val_probs is not None else None
@@ -198,7 +204,7 @@ def _late_fusion_seed(exp: ExperimentConfig, data: HeadData, keys: list[str], se
                                      exp.late_fusion_grid_step, len(keys))
     fused = {s: fuse([per_key[k][s] for k in keys], weights) for s in per_key[keys[0]]}
     return SeedRun(seed, fused, {"heads": states, "fusion_weights": weights.tolist()}, history, best, seconds,
-                   {"weights": dict(zip(keys, weights.tolist())), "source": source})
+                   {"weights": dict(zip(keys, weights.tolist())), "source": source}, ran, fit.schedule.as_dict())
 
 
 # ---------------------------------------------------------------- metrics of one seed
@@ -233,10 +239,12 @@ def run_experiment(cfg: Config, name: str, stores: Mapping[str, object], clip_ta
 
 
 def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, name: str = "experiment",
-                  pretrained: Optional[Mapping[str, Optional[bool]]] = None) -> dict:
+                  pretrained: Optional[Mapping[str, Optional[bool]]] = None, extra: Optional[dict] = None) -> dict:
+    """extra: more top-level keys for the metrics JSON (tune: the chosen params)."""
     tc, kind, keys = exp.train, exp.head, list(exp.modalities)
     if not data.has("train"):
         raise ValueError(f"experiment {name!r}: the clip table has no train split")
+    data = carve_validation(data, tc.val_carve)
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc) if kind != "logreg" else torch.device("cpu")
@@ -272,6 +280,7 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
         "multilabel": data.multilabel, "classes": data.vocab,
         "n_clips": {s: int(len(i)) for s, i in data.splits.items()},
         "coverage": data.meta.get("coverage", {}),
+        "val_carved": data.meta.get("val_carved"),
         "eval_split": eval_split, "seeds": list(tc.seeds),
         "pretrained": flags, "all_pretrained": all(v is True for v in flags.values()),
         "metrics": {k: v for k, v in summary.items() if k not in ("ap", "ra", "confusion")
@@ -279,6 +288,8 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
         "per_class_ap": {c: {"mean": summary["ap"]["mean"][i], "std": summary["ap"]["std"][i]}
                          for i, c in enumerate(data.vocab)},
         "best_epoch": [r.best_epoch for r in runs],
+        "epochs_run": [r.epochs_run for r in runs],
+        "schedule": runs[0].schedule,
         "train_seconds": {"mean": float(np.mean([r.seconds for r in runs])), "total": float(sum(r.seconds for r in runs))},
         "checkpoint": {"path": str(ckpt.name), "seed": runs[chosen].seed},
     }
@@ -295,6 +306,7 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
                                          "std": dict(zip(keys, w.std(0).tolist())), "source": runs[0].fusion["source"]}
     if data.multilabel and thresholds[chosen] is not None:
         result["thresholds"] = dict(zip(data.vocab, thresholds[chosen].tolist()))
+    result.update(extra or {})
 
     _write_plots(out_dir / "plots", runs, chosen, data, eval_split, summary, tc)
     out_dir.mkdir(parents=True, exist_ok=True)

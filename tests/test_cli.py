@@ -23,7 +23,7 @@ from emocache.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
-SUBCOMMANDS = [["datasets", "list"], ["datasets", "show"], ["datasets", "add"], ["extract"], ["train"],
+SUBCOMMANDS = [["datasets", "list"], ["datasets", "show"], ["datasets", "add"], ["extract"], ["train"], ["tune"],
                ["evaluate"], ["status"], ["doctor"], ["predict"], ["report"]]
 VIDEO = REPO / "data" / "sample" / "videos" / "Megamind.avi"   # 11 s, animated, speech with pauses
 
@@ -49,7 +49,7 @@ def project(tmp_path_factory, shared_data):
         w = csv.writer(f)
         w.writerow(["path", "labels"])
         w.writerows([[prompts[0].name, "calm"], [prompts[1].name, "calm"], ["corrupt.mp4", "calm"]])
-    tiny = {"epochs": 3, "seeds": [0], "num_threads": 1, "device": "cpu", "batch_size": 6}
+    tiny = {"epochs": 3, "seeds": [0], "num_threads": 1, "device": "cpu", "batch_size": 6, "val_carve": 0.0}
     params = {
         "store": {"dir": "cache"}, "weights": {"dir": "weights", "allow_untrained": []},
         "runtime": {"device": "cpu", "num_threads": 1},
@@ -65,6 +65,8 @@ def project(tmp_path_factory, shared_data):
         "extractors": {"text": {"model": "minilm-bundled", "fields": ["transcript"]}},
         "experiments": {
             "rav_egemaps": {"dataset": "rav", "modalities": ["egemaps"], "head": "mlp", "train": tiny},
+            "rav_egemaps_val": {"dataset": "rav", "modalities": ["egemaps"], "head": "mlp",   # val carved from train
+                                "train": {**tiny, "val_carve": 0.2, "seeds": [0, 1]}, "tune": {"hidden": [16]}},
             "meld_text": {"dataset": "meld", "modalities": ["text.transcript"], "head": "logreg",
                           "train": {"seeds": [0]}},
         },
@@ -211,6 +213,23 @@ def test_train_progress_degrades_to_log_lines(project, extracted, tmp_path, capl
         "--metrics-dir", tmp_path / "metrics")
     lines = [r.getMessage() for r in caplog.records if r.name == "emocache"]
     assert "train mlp egemaps seed 0: 3/3 epoch" in " ".join(lines)
+
+
+def test_tune_writes_like_train_with_the_chosen_params(project, extracted, tmp_path):
+    p = project / "params.yaml"
+    res = run("tune", "rav_egemaps_val", "--trials", "3", "--params", p, "--out", tmp_path / "m",
+              "--metrics-dir", tmp_path / "metrics")
+    doc = json.loads((tmp_path / "metrics/rav_egemaps_val_tuned.json").read_text())
+    assert doc["tuning"]["n_trials"] == 3 and doc["tuning"]["split"] == "val"
+    assert doc["head"] == doc["tuning"]["params"]["head"] in ("linear", "mlp")
+    assert doc["n_clips"] == {"train": 12, "val": 3, "test": 15} and doc["seeds"] == [0, 1]
+    assert (tmp_path / "m/rav_egemaps_val_tuned/model.pt").is_file()
+    assert (tmp_path / "metrics/plots/rav_egemaps_val_tuned/tune_trials.csv").is_file()
+    assert "tune rav_egemaps_val: 3 trials" in res.stderr and "train rav_egemaps_val_tuned:" in res.stderr
+    # no val split and nothing carved: a clear error, not a search on test
+    bad = run("tune", "rav_egemaps", "--trials", "2", "--params", p, "--out", tmp_path / "m2",
+              "--metrics-dir", tmp_path / "metrics2", ok=False)
+    assert bad.exit_code == 1 and "validation split" in bad.stderr
 
 
 def test_evaluate_reproduces_train_metrics(project, trained, tmp_path):

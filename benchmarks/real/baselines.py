@@ -164,7 +164,11 @@ def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def logreg_baseline(data: Split, x, s: LogRegSettings) -> dict:
+    import time
+
     from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
 
     tr, ev = data.idx["train"], data.idx[data.eval_split]
     grid = s.c_grid if data.has("val") else [s.c_default]
@@ -180,7 +184,7 @@ def logreg_baseline(data: Split, x, s: LogRegSettings) -> dict:
     scores = _scores(data.y[ev], _probs(model, x[ev], len(data.vocab)))
     out = {k: {"mean": v, "std": 0.0} for k, v in scores.items()}
     return {"metrics": out, "C": c, "C_chosen_on": "val f1_weighted" if data.has("val") else "fixed (no val split)",
-            "val_f1_weighted": val, "runs": 1}
+            "val_f1_weighted": val, "runs": 1, "train_seconds": time.perf_counter() - t0}
 
 
 def chance_levels(data: Split, s: ChanceSettings) -> dict:
@@ -206,7 +210,9 @@ def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path
     path = metrics_dir / f"{experiment}.json"
     r = json.loads(path.read_text())
     n = {s: int(len(i)) for s, i in data.idx.items()}
-    if r["dataset"] != data.name or r["eval_split"] != data.eval_split or r["n_clips"] != n:
+    # the heads may carve val out of train (train.val_carve): same eval split and the same clips in all
+    same = r["n_clips"].get(data.eval_split) == n[data.eval_split] and sum(r["n_clips"].values()) == sum(n.values())
+    if r["dataset"] != data.name or r["eval_split"] != data.eval_split or not same:
         raise ValueError(f"{path}: dataset {r['dataset']} / split {r['eval_split']} / clips {r['n_clips']} do not "
                          f"match the clip table of {data.name} ({data.eval_split}, {n}); rerun `emocache train`")
     stores = open_stores(cfg, r["modalities"], family_of(cfg))
@@ -216,12 +222,14 @@ def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path
         features[key] = {"pretrained": r["pretrained"].get(key), "weights": meta.get("weights", {}).get("source"),
                          "params": {k: v for k, v in meta.get("params", {}).items()
                                     if k in ("model", "pooling", "feature_set", "relu_output", "postprocess")}}
-    exp = cfg.experiments[experiment]
-    return {"metrics": {k: r["metrics"][k] for k in (*REPORTED, "mAP")}, "head": r["head"],
-            "features": features, "all_pretrained": r["all_pretrained"], "seeds": r["seeds"],
-            "runs": len(r["seeds"]), "best_epoch": r["best_epoch"],
-            "train": {"batch_size": exp.train.batch_size, "lr": exp.train.lr, "epochs": exp.train.epochs,
-                      "lr_milestones": exp.train.lr_milestones}}
+    out = {"metrics": {k: r["metrics"][k] for k in (*REPORTED, "mAP")}, "head": r["head"],
+           "features": features, "all_pretrained": r["all_pretrained"], "seeds": r["seeds"],
+           "runs": len(r["seeds"]), "best_epoch": r["best_epoch"], "epochs_run": r.get("epochs_run"),
+           "train": r.get("schedule"), "n_clips": r["n_clips"],
+           "train_seconds": r["train_seconds"]["total"] + r.get("tuning", {}).get("seconds", 0.0)}
+    if "tuning" in r:
+        out["tuning"] = r["tuning"]
+    return out
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -277,20 +285,22 @@ def _split_name(split: dict) -> str:
 def markdown(doc: dict) -> str:
     lines = [f"### {doc['benchmark']}", "",
              "| dataset (split, eval clips) | method | features / weights | runs "
-             "| accuracy % | weighted F1 % | macro F1 % |",
-             "|---|---|---|---|---|---|---|"]
+             "| accuracy % | weighted F1 % | macro F1 % | training s |",
+             "|---|---|---|---|---|---|---|---|"]
     for ds, d in doc["datasets"].items():
         where = f"{ds} ({_split_name(d['split'])}, {d['eval_split']} {d['n_clips'][d['eval_split']]})"
         for name, m in d["methods"].items():
             runs = m.get("runs", m.get("draws", 1))
+            secs = f"{m['train_seconds']:.1f}" if "train_seconds" in m else "-"
             lines.append(f"| {where} | {name} | {_weights(m)} | {runs} | " +
-                         " | ".join(_pct(m["metrics"][k], runs) for k in REPORTED) + " |")
+                         " | ".join(_pct(m["metrics"][k], runs) for k in REPORTED) + f" | {secs} |")
         for r in d["references"]:
             lines.append(f"| {where} | {r['name']} (published) | {r['note']} | - | {100 * r['accuracy']:.2f} | "
-                         f"{100 * r['f1_weighted']:.2f} | - |")
+                         f"{100 * r['f1_weighted']:.2f} | - | - |")
     lines.append("")
-    lines.append("mean ± std over runs (seeds for the MLPs, random draws for chance_uniform); "
-                 "baselines and chance_majority are deterministic.")
+    lines.append("mean ± std over runs (seeds for the heads, random draws for chance_uniform); "
+                 "baselines and chance_majority are deterministic. training s: all seeds, plus the search for "
+                 "tuned heads; baselines: one fit.")
     return "\n".join(lines) + "\n"
 
 

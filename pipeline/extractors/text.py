@@ -134,6 +134,7 @@ class TextExtractor(Extractor):
         super().__init__(cfg, variant)
         self.tc = cfg.extractors.text
         self.model_name: Optional[str] = None      # set by load(): see model_label
+        self.pool_spec: Optional[dict] = None       # pooling 'model': what the checkpoint's modules say (load())
         self.truncated_total = 0                    # clips cut to max_length since load(); per-clip attrs too
 
     def params(self) -> dict:
@@ -142,6 +143,13 @@ class TextExtractor(Extractor):
              "pooling": self.tc.pooling, "layer": self.tc.layer, "max_length": self.tc.max_length}
         if self.variant == COMBINED:
             p["pair_mode"] = self.tc.pair_mode
+        # only when not the default, so caches made before these options keep their fingerprint
+        if self.tc.layer_mean != 1:
+            p["layer_mean"] = self.tc.layer_mean
+        if self.tc.normalize:
+            p["normalize"] = True
+        if self.tc.pooling == "model" and self.pool_spec is not None:
+            p["model_pooling"] = dict(self.pool_spec)
         return p
 
     def load(self) -> WeightsInfo:
@@ -185,6 +193,11 @@ class TextExtractor(Extractor):
         if not -(n_layers + 1) <= self.tc.layer <= n_layers:
             raise ValueError(f"extractors.text.layer={self.tc.layer} out of range for a {n_layers}-layer model "
                              f"(0 = embeddings, -1 = last layer)")
+        top = self.tc.layer % (n_layers + 1)
+        if not 1 <= self.tc.layer_mean <= top + 1:
+            raise ValueError(f"extractors.text.layer_mean={self.tc.layer_mean}: layers {top - self.tc.layer_mean + 1}"
+                             f"..{top} do not exist (hidden states 0..{n_layers}, 0 = embeddings)")
+        self.pool_spec = sentence_transformers_pooling(model_dir) if self.tc.pooling == "model" else None
         self.model_name = model_label(self.tc.model, model_dir, source)
         self.truncated_total = 0
         self.weights = info
@@ -254,10 +267,59 @@ class TextExtractor(Extractor):
         return enc if truncate else enc["input_ids"]
 
     def _pool(self, batch: dict):
-        wants_hidden = self.tc.layer != -1
+        wants_hidden = self.tc.layer != -1 or self.tc.layer_mean != 1
         result = self.model(**batch, output_hidden_states=wants_hidden)
-        hidden = result.hidden_states[self.tc.layer] if wants_hidden else result.last_hidden_state
-        if self.tc.pooling == "cls":
-            return hidden[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if wants_hidden:
+            top = self.tc.layer % len(result.hidden_states)
+            hidden = torch_mean_layers(result.hidden_states[top - self.tc.layer_mean + 1: top + 1])
+        else:
+            hidden = result.last_hidden_state
+        mode, normalize = self.tc.pooling, self.tc.normalize
+        if self.pool_spec is not None:
+            mode, normalize = self.pool_spec["mode"], self.pool_spec["normalize"] or normalize
+        return pool_tokens(hidden, batch["attention_mask"], mode, normalize)
+
+
+def torch_mean_layers(layers):
+    return layers[0] if len(layers) == 1 else sum(layers) / len(layers)
+
+
+def pool_tokens(hidden, attention_mask, mode: str, normalize: bool):
+    """(B, T, D) token states + (B, T) mask -> (B, D): cls, mean or max over real tokens, optionally L2-normalised."""
+    import torch
+
+    if mode == "cls":
+        out = hidden[:, 0]
+    elif mode == "max":
+        out = hidden.masked_fill(attention_mask[..., None] == 0, torch.finfo(hidden.dtype).min).max(1).values
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_max_tokens": "max"}
+
+
+def sentence_transformers_pooling(model_dir: Path) -> dict:
+    """{'mode': cls|mean|max, 'normalize': bool} from a sentence-transformers checkpoint's modules.json."""
+    import json
+
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        raise ValueError(f"extractors.text.pooling 'model': {modules_file} not found, so {model_dir} ships no "
+                         f"sentence-transformers pooling; use pooling 'cls' or 'mean'")
+    modules = json.loads(modules_file.read_text())
+    pool = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
+    if pool is None:
+        raise ValueError(f"{modules_file}: no sentence_transformers Pooling module; use pooling 'cls' or 'mean'")
+    conf_file = model_dir / pool.get("path", "") / "config.json"
+    conf = json.loads(conf_file.read_text())
+    modes = [ST_POOLING_MODES[k] for k in ST_POOLING_MODES if conf.get(k)]
+    unsupported = [k for k, v in conf.items() if k.startswith("pooling_mode") and v and k not in ST_POOLING_MODES]
+    if len(modes) != 1 or unsupported:
+        raise ValueError(f"{conf_file}: pooling {[k for k, v in conf.items() if k.startswith('pooling_mode') and v]} "
+                         f"is not one of {sorted(ST_POOLING_MODES)}; use pooling 'cls' or 'mean'")
+    normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
+    return {"mode": modes[0], "normalize": normalize}

@@ -1,0 +1,172 @@
+"""Model selection on the validation split only (Optuna), then the best setting retrained over the seeds.
+
+    search(exp, data, trials) -> SearchResult          TPE search of head kind, lr, weight decay, width,
+                                                       dropout, epochs and class balance; one training seed
+    tune_on_data(exp, data, out_dir, trials, name)     search, then heads.train.train_on_data with the best
+                                                       setting: metrics/plots/checkpoint as `train` writes
+                                                       them, plus the chosen params under "tuning"
+
+The search gets a copy of the data that physically lacks the test split (heads.data.without_split): test
+features and labels never reach it. Validation is the clip table's val split, or the same deterministic
+carve-out of train that `train` uses (train.val_carve). Trials that trail the median of earlier trials at the
+same epoch are stopped early (Optuna's median pruner), which is most of the speed of a 30-trial search.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from emocache.config import ExperimentConfig
+from heads.data import HeadData, carve_validation, without_split
+from heads.models import NEURAL_HEADS
+from heads.schedule import resolve_schedule
+from heads.train import fit_neural, resolve_device, select_metric, train_on_data
+
+OWN = "own"   # the experiment's own head kind in tune.heads
+
+
+@dataclass
+class SearchResult:
+    params: dict                 # the best trial's params (what trial_experiment applies)
+    value: float                 # its best validation score
+    metric: str
+    trials: list[dict]           # number, state, value, params, epochs_run, seconds
+    seconds: float
+
+    def summary(self) -> dict:
+        states = [t["state"] for t in self.trials]
+        return {"params": self.params, "val_score": self.value, "metric": self.metric,
+                "n_trials": len(self.trials), "n_complete": states.count("COMPLETE"),
+                "n_pruned": states.count("PRUNED"), "seconds": self.seconds, "split": "val"}
+
+
+def candidate_heads(exp: ExperimentConfig) -> list[str]:
+    """tune.heads with 'own' resolved; 'mlp' means early_fusion when the experiment has several modalities."""
+    out = []
+    for h in exp.tune.heads:
+        kind = exp.head if h == OWN else h
+        if kind == "mlp" and len(exp.modalities) > 1:
+            kind = "early_fusion"
+        if kind == "late_fusion":
+            kind = "mlp" if len(exp.modalities) == 1 else "early_fusion"   # its per-modality MLPs
+        if kind not in NEURAL_HEADS:
+            if h == OWN:
+                continue            # logreg / finetune_top: nothing to search here
+            raise ValueError(f"tune.heads: {h!r} is not a head the search can train ({NEURAL_HEADS} or 'own')")
+        if kind not in out:
+            out.append(kind)
+    if not out:
+        raise ValueError(f"tune.heads {exp.tune.heads} leaves no head to search")
+    return out
+
+
+def trial_experiment(exp: ExperimentConfig, params: Mapping) -> ExperimentConfig:
+    """The experiment with one trial's params applied (head kind, train.*, the head's own width/dropout)."""
+    kind = params["head"]
+    train = exp.train.model_copy(update={"lr": params["lr"], "weight_decay": params["weight_decay"],
+                                         "epochs": params["epochs"], "class_balance": params["class_balance"]})
+    update: dict = {"head": kind, "train": train}
+    if "hidden" in params:
+        section = "nextvlad" if kind == "nextvlad" else "mlp"
+        update[section] = getattr(exp, section).model_copy(update={"hidden": params["hidden"],
+                                                                   "dropout": params["dropout"]})
+    return exp.model_copy(update=update)
+
+
+def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) -> SearchResult:
+    """Optuna TPE search scored on the validation split. `data` may hold a test split: it is removed first."""
+    import optuna
+
+    tc, space = exp.train, exp.tune
+    data = without_split(carve_validation(data, tc.val_carve), "test")
+    if not data.has("val"):
+        raise ValueError("tune needs a validation split: the clip table has none and train.val_carve is 0")
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc)
+    keys = list(exp.modalities)
+    heads = candidate_heads(exp)
+    base_epochs = resolve_schedule(tc, len(data.splits["train"])).epochs
+    metric = select_metric(tc, data.multilabel)
+    log: dict[int, dict] = {}
+
+    def objective(trial: "optuna.Trial") -> float:
+        kind = trial.suggest_categorical("head", heads)
+        params = {"head": kind,
+                  "lr": trial.suggest_float("lr", *space.lr, log=True),
+                  "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+                  "class_balance": trial.suggest_categorical("class_balance", space.class_balance)}
+        scale = trial.suggest_float("epochs_scale", *space.epochs_scale, log=True)
+        params["epochs"] = max(1, round(base_epochs * scale))
+        if kind != "linear":
+            params["hidden"] = trial.suggest_categorical("hidden", space.hidden)
+            params["dropout"] = trial.suggest_float("dropout", *space.dropout)
+        texp = trial_experiment(exp, params)
+
+        def on_eval(epoch: int, score: float) -> None:
+            if space.prune:
+                trial.report(score, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        t0 = time.perf_counter()
+        log[trial.number] = {"params": params}
+        fit = fit_neural(kind, texp, data, keys, space.seed, device, on_eval=on_eval, show_progress=False)
+        scores = [h["val_score"] for h in fit.history if "val_score" in h]
+        log[trial.number].update(epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
+                                 seconds=time.perf_counter() - t0)
+        return max(scores)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # quiet: one line per stage
+    sampler = optuna.samplers.TPESampler(seed=space.seed)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=space.prune_startup_trials,
+                                          n_warmup_steps=space.prune_warmup_epochs)
+              if space.prune else optuna.pruners.NopPruner())
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=trials or space.trials)
+    seconds = time.perf_counter() - t0
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value,
+             **{k: v for k, v in log.get(t.number, {}).items() if k != "params"},
+             "params": log.get(t.number, {}).get("params", {})} for t in study.trials]
+    best = study.best_trial
+    return SearchResult(log[best.number]["params"], float(best.value), metric, rows, seconds)
+
+
+def tune_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, trials: Optional[int] = None,
+                 name: str = "experiment", pretrained: Optional[Mapping[str, Optional[bool]]] = None) -> dict:
+    found = search(exp, data, trials)
+    best = trial_experiment(exp, found.params)
+    out_dir = Path(out_dir)
+    result = train_on_data(best, data, out_dir, name=name, pretrained=pretrained,
+                           extra={"tuning": dict(found.summary(), tuned_from=exp.head)})
+    write_trials(out_dir / "plots" / "tune_trials.csv", found.trials)
+    return result
+
+
+def write_trials(path: Path, trials: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for t in trials for k in t["params"]})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "val_score", "epochs_run", "best_epoch", "seconds", *keys])
+        for t in trials:
+            w.writerow([t["number"], t["state"], "" if t["value"] is None else round(t["value"], 6),
+                        t.get("epochs_run", ""), t.get("best_epoch", ""), round(t.get("seconds", 0.0), 3),
+                        *[json.dumps(t["params"][k]) if k in t["params"] else "" for k in keys]])
+    return path
+
+
+def tune_experiment(cfg, exp: ExperimentConfig, name: str, stores: Mapping[str, object], clip_table, vocab: list[str],
+                    multilabel: bool, out_dir: str | Path, trials: Optional[int] = None) -> dict:
+    """`emocache tune`: like heads.train.run_experiment, with the search in front."""
+    from heads.data import load_head_data, pretrained_flags
+
+    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames)
+    return tune_on_data(exp, data, out_dir, trials, name=name, pretrained=pretrained_flags(stores, exp.modalities))
