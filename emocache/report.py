@@ -274,7 +274,7 @@ def metrics_diff(cfg: Config, rev: str) -> tuple[Optional[str], str]:
     """(markdown table or None, message). Runs `dvc metrics diff --md REV` in the project directory."""
     cmd = [sys.executable, "-m", "dvc", "metrics", "diff", "--md", rev]
     try:
-        proc = subprocess.run(cmd, cwd=cfg.base_dir, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=cfg.base_dir, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=cfg.report.dvc_timeout_s)
     except subprocess.TimeoutExpired:
         return None, f"`{' '.join(cmd[1:])}` timed out after {cfg.report.dvc_timeout_s:.0f} s"

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def ffmpeg_exe() -> str:
 
 
 def ffmpeg_version() -> str:
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
@@ -73,19 +75,63 @@ class MediaInfo:
     channels: Optional[int] = None
 
 
+# Container demuxers ffmpeg may use on dataset media. Playlist / manifest demuxers (hls, dash, concat,
+# image2 patterns, ...) open further files named INSIDE the data, so they are not on the list, and the
+# `file` protocol is the only one allowed: probe and decode read exactly the one file they are given.
+DEMUXERS = ("mov", "matroska", "avi", "wav", "w64", "flac", "mp3", "ogg", "aac", "aiff", "asf", "flv",
+            "mpegts", "mpeg")
+
+
+def confine_options() -> dict[str, str]:
+    """ffmpeg/ffprobe input options that confine it to the named local file (see DEMUXERS)."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
+
+
+def _url(p: Path) -> str:
+    # 'file:' so that a name like 'concat:a|b' or 'subfile,,start,...' is never read as another protocol
+    return f"file:{p}"
+
+
+def _input(p: Path, **kw):
+    """The ffmpeg-python input node for `p`, confined to that one file."""
+    return ffmpeg.input(_url(p), **confine_options(), **kw)
+
+
+def _ffmpeg(args: list[str], timeout: float, text: bool = False) -> subprocess.CompletedProcess:
+    """Run ffmpeg; never with our stdin (a background job reading the tty is stopped by the shell)."""
+    return subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          **({"text": True, "errors": "surrogateescape"} if text else {}))
+
+
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5})")
+# the size follows a ", " (a codec tag like '0x31637661' must not read as a size); 1x1 is a valid size
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?, (\d{1,5})x(\d{1,5})\b")
 _FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)")
 _AUDIO = re.compile(r"Stream #\S+.*?: Audio: [^,]+, (\d+) Hz, ([^,]+)")
 
 
 def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise MediaError(f"{p}: file not found") from None
+    except OSError as e:
+        raise MediaError(f"{p}: cannot open: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # a FIFO would block ffmpeg until the timeout; a directory is no media
+        raise MediaError(f"{p}: not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise MediaError(f"{p}: file is empty (0 bytes)")
     return p
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -93,7 +139,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     p = _check_file(path)
     if shutil.which("ffprobe"):
         try:
-            data = ffmpeg.probe(str(p), cmd="ffprobe")
+            data = ffmpeg.probe(_url(p), cmd="ffprobe", **confine_options())
         except ffmpeg.Error as e:
             raise MediaError(f"{p}: cannot read media: {_tail(e.stderr)}") from None
         v = next((s for s in data["streams"] if s.get("codec_type") == "video"
@@ -107,11 +153,12 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         return MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
                          int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
                          int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None)
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(p)], capture_output=True, text=True,
-                          errors="replace", timeout=60)
-    err = proc.stderr
+    opts = [a for k, v in confine_options().items() for a in (f"-{k}", v)]
+    proc = _ffmpeg([ffmpeg_exe(), "-nostdin", "-hide_banner", *opts, "-i", _url(p)], timeout=60, text=True)
+    # ffmpeg echoes the file name in its header dump: take it out, so a name cannot fake a field
+    err = proc.stderr.replace(_url(p), "<input>").replace(str(p), "<input>")
     if "Invalid data found" in err or "Duration" not in err:
-        raise MediaError(f"{p}: cannot read media: {_tail(err)}")
+        raise MediaError(f"{p}: cannot read media: {_tail(proc.stderr)}")
     m = _DURATION.search(err)
     dur = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
     vid = _VIDEO.search(err)
@@ -126,11 +173,17 @@ def probe(path: str | os.PathLike) -> MediaInfo:
                      int(aud[1]) if aud else None, None)
 
 
+REFUSED_FORMAT = ("not a plain media container (a playlist, manifest or concat list would make ffmpeg "
+                  "read other files; only these demuxers are allowed: " + ", ".join(DEMUXERS) + ")")
+
+
 def _tail(stderr: bytes | str | None, n: int = 3) -> str:
     if stderr is None:
         return "(no message)"
     if isinstance(stderr, bytes):
         stderr = stderr.decode("utf-8", "replace")
+    if "Format not on whitelist" in stderr or "Protocol not on whitelist" in stderr:
+        return REFUSED_FORMAT
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:]) or "(no message)"
 
@@ -151,10 +204,10 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
     p = _check_file(path)
     _log_decode("audio", str(p))
-    stream = ffmpeg.input(str(p)).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
+    stream = _input(p).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
                                          ar=sample_rate, map="0:a:0", **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-    proc = subprocess.run(args, capture_output=True, timeout=timeout)
+    proc = _ffmpeg(args, timeout)
     if proc.returncode != 0:
         msg = _tail(proc.stderr)
         # ffmpeg words a missing audio stream differently across versions.
@@ -195,10 +248,10 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
     _log_decode("frames", str(p))
 
     def run(**fps_opts) -> subprocess.CompletedProcess:
-        stream = (ffmpeg.input(str(p)).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
+        stream = (_input(p).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
                   .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end)))
         args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-        return subprocess.run(args, capture_output=True, timeout=timeout)
+        return _ffmpeg(args, timeout)
 
     proc = run()
     frame_bytes = w * h * 3

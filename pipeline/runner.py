@@ -26,8 +26,10 @@ import numpy as np
 from emocache.config import Config
 from emocache.progress import progress
 from pipeline import media
+from pipeline.interrupt import InterruptFlag, deferred_sigint
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
 from pipeline.store import FeatureStore
+from pipeline.store_lock import store_locks
 
 log = logging.getLogger("emocache.extract")
 
@@ -182,9 +184,14 @@ class Worker:
                       for k, e in self.extractors.items()}
         self.failures: list[dict] = []
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
+        self.interrupt = InterruptFlag()     # replaced by a live one while run() runs
 
     def store_of(self, key: str) -> FeatureStore:
         return self.stores[self.extractors[key].family]
+
+    def locked(self):
+        """Hold the writer lock of every store this worker writes (plan, run and commit under it)."""
+        return store_locks([st.root for st in self.stores.values()], f"{self.writer} run {self.run_id}")
 
     def prepare(self, gc: bool = True) -> None:
         """Record metadata, make these fingerprints current, drop segments a killed run left behind."""
@@ -203,11 +210,12 @@ class Worker:
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
         size = max(1, self.cfg.runtime.batch_clips)
         batches = [clips[i: i + size] for i in range(0, len(clips), size)]
-        with progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
+        with deferred_sigint() as self.interrupt, \
+                progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
             for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers):
                 self._process(chunk, decoded)
                 bar.update(len(chunk))
-        self.flush(force=True)
+            self.flush(force=True)
 
     def _decode_guarded(self, rec: ClipRecord):
         needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
@@ -312,6 +320,7 @@ class Worker:
         return ClipFeatures(rows.arrays, rows.times, rows.attrs)
 
     def _commit(self, key: str, clip_id: str, feats: ClipFeatures) -> None:
+        self.interrupt.check()   # rows computed while a SIGINT was pending may be wrong: never commit them
         self.pending[key].append((clip_id, feats))
         s = self.stats[key]
         s.done += 1
@@ -321,9 +330,11 @@ class Worker:
     def flush(self, force: bool = False) -> None:
         for key, items in self.pending.items():
             if items and (force or len(items) >= self.cfg.store.flush_clips):
+                self.interrupt.check()
                 self.store_of(key).write_segment(key, self.fp[key], items, writer=self.writer)
                 self.pending[key] = []
         if force and self.failures:
+            self.interrupt.check()
             by_family: dict[str, list[dict]] = defaultdict(list)
             for f in self.failures:
                 by_family[self.extractors[f["extractor"]].family].append(f)
@@ -331,6 +342,7 @@ class Worker:
                 self.stores[fam].record_failures(f"{self.run_id}-{self.writer}", rows)
 
     def _fail(self, rec: ClipRecord, key: str, stage: str, err) -> None:
+        self.interrupt.check()   # e.g. ffmpeg killed by the same Ctrl-C: not the clip's fault
         msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         self.stats[key].failed += 1
         self.failures.append({"clip_id": rec.clip_id, "dataset": rec.dataset, "path": rec.media,
@@ -396,12 +408,13 @@ def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[
 
         return run_ray(cfg, specs, list(merged.values()), run_id, t0, show_progress=show_progress)
     worker = Worker(cfg, specs, run_id=run_id)
-    worker.prepare()
-    todo, skipped = plan(worker, list(merged.values()))
-    for k, n in skipped.items():
-        worker.stats[k].skipped = n
-    log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
-             ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
-    worker.run(todo, show_progress=show_progress)
+    with worker.locked():   # another run on these stores finishes first; then we plan against what it committed
+        worker.prepare()
+        todo, skipped = plan(worker, list(merged.values()))
+        for k, n in skipped.items():
+            worker.stats[k].skipped = n
+        log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
+                 ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
+        worker.run(todo, show_progress=show_progress)
     decodes = {k: media.DECODE_COUNTER[k] - decodes_before.get(k, 0) for k in media.DECODE_COUNTER}
     return RunSummary(run_id, worker.stats, worker.failures, decodes, time.perf_counter() - t0)

@@ -152,6 +152,43 @@ def _symlink(root, outside, shared):
     os.symlink(os.path.relpath(outside / "secret.wav", root), root / "link_to_outside.wav")
 
 
+def _secret_ts(outside: Path, shared: Path) -> str:
+    """Real media OUTSIDE the root in a container every playlist format accepts; returns its name."""
+    outside.mkdir(parents=True, exist_ok=True)
+    if not (outside / "secret.ts").exists():
+        ffmpeg("-ss", "2", "-t", "2", "-i", str(shared / HAMILTON), "-c:v", "mpeg2video", "-vf", "scale=320:-2",
+               "-c:a", "mp2", "-f", "mpegts", str(outside / "secret.ts"))
+    return "secret.ts"
+
+
+_HLS = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n"
+
+
+def _hls(root, outside, shared):
+    (root / "playlist.m3u8").write_text(_HLS.format(f"../outside/{_secret_ts(outside, shared)}"))
+
+
+def _dash(root, outside, shared):
+    (root / "manifest.mpd").write_text(
+        '<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        'mediaPresentationDuration="PT2S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">'
+        '<Period><AdaptationSet mimeType="video/mp2t"><Representation id="1" bandwidth="1000">'
+        f'<BaseURL>../outside/{_secret_ts(outside, shared)}</BaseURL></Representation></AdaptationSet></Period></MPD>\n')
+
+
+def _ffconcat(root, outside, shared):
+    # concat's own "safe" mode refuses '..' but not a plain name that is a symlink leading out
+    os.symlink(outside / _secret_ts(outside, shared), root / "inner_link.ts")
+    (root / "list.ffconcat").write_text("ffconcat version 1.0\nfile 'inner_link.ts'\n")
+
+
+def _fifo_playlist(root, outside, shared):
+    outside.mkdir(parents=True, exist_ok=True)
+    if not (outside / "fifo.ts").exists():
+        os.mkfifo(outside / "fifo.ts")     # ffmpeg opening it would block until media.ffmpeg_timeout_s
+    (root / "fifo.m3u8").write_text(_HLS.format("../outside/fifo.ts"))
+
+
 def _past_end(root, outside, shared):
     cut_av(shared / SINGLE_FACE, root / "segment_past_end.mp4", 0.5, 1.5)
 
@@ -223,6 +260,16 @@ CASES: list[Case] = [
          start="1", end="2.4", labels="ecstatic", problem="unknown label"),
     Case("the same clip listed twice", "listed_twice.flac", _all("rows", "rows", "empty"),
          "listed once (dataset problem 'duplicate of <first line>'), extracted once", _dup),
+    Case("HLS playlist (.m3u8) pointing outside the root", "playlist.m3u8", _all("failed", "rows", "failed"),
+         "ffmpeg runs with `-protocol_whitelist file` and a container demuxer whitelist: the playlist is refused "
+         "('not a plain media container'); the file it names is never opened (strace test)", _hls),
+    Case("DASH manifest (.mpd) pointing outside the root", "manifest.mpd", _all("failed", "rows", "failed"),
+         "refused by the demuxer whitelist ('not a plain media container'); nothing it names is opened", _dash),
+    Case("ffconcat list naming a symlink that leads out", "list.ffconcat", _all("failed", "rows", "failed"),
+         "refused by the demuxer whitelist ('not a plain media container'); nothing it names is opened", _ffconcat),
+    Case("playlist pointing at a FIFO", "fifo.m3u8", _all("failed", "rows", "failed"),
+         "refused at once by the demuxer whitelist; the FIFO is never opened, so nothing blocks until the timeout",
+         _fifo_playlist),
     Case("row with neither media nor text", None, SKIPPED,
          "refused at listing: 'clip has neither a media path nor any text'", transcript="", listed=False,
          problem="neither a media path nor any text"),
