@@ -49,8 +49,10 @@ def collect_status(cfg: Config) -> list[str]:
             failed = {f["clip_id"] for f in st.failures() if f.get("extractor") == spec} & ids - have
             meta = st.meta(spec) if cur else {}
             pre = "" if not meta else ("" if meta.get("pretrained") else "  pretrained: false")
+            broken = st.broken.get((spec, cur), {}) if cur else {}
+            bad = f"  broken segments {len(broken)} (re-extracted by the next run)" if broken else ""
             lines.append(f"  {spec:<18} cached {len(have)}/{len(ids)}  stale {len(stale)}  failed {len(failed)}"
-                         f"  fingerprint {cur or '-'}{pre}")
+                         f"  fingerprint {cur or '-'}{pre}{bad}")
     for fam, st in stores.items():
         size = st.size_bytes()
         lines.append(f"store {fam}: {st.root} ({_human(size) if size >= 0 else 'remote'})")
