@@ -30,6 +30,10 @@ class NoStreamError(MediaError):
     """The file has no stream of the requested kind (e.g. a video without audio): an empty modality."""
 
 
+class ClipTooLongError(MediaError):
+    """The clip is longer than `media.max_clip_seconds`: recorded as a failure instead of decoded."""
+
+
 # Counts decodes per process (tests prove decode-once); EMOCACHE_DECODE_LOG also logs them to a file.
 DECODE_COUNTER: dict[str, int] = {"audio": 0, "frames": 0}
 
@@ -101,6 +105,65 @@ def _ffmpeg(args: list[str], timeout: float, text: bool = False) -> subprocess.C
     """Run ffmpeg; never with our stdin (a background job reading the tty is stopped by the shell)."""
     return subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
                           **({"text": True, "errors": "surrogateescape"} if text else {}))
+
+
+def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int) -> subprocess.CompletedProcess:
+    """Run ffmpeg and read its stdout straight into one buffer (no bytes object + copy, which doubled the
+    peak). `capacity` is an upper bound, not a cost: pages never written are never resident. The result's
+    stdout is a uint8 ndarray of exactly what ffmpeg wrote."""
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    killed: list[bool] = []
+    timer = threading.Timer(timeout, lambda: (killed.append(True), proc.kill()))
+    timer.start()
+    buf = np.empty(max(1, capacity), dtype=np.uint8)
+    pos, extra = 0, []
+    try:
+        view = memoryview(buf)
+        while True:
+            if pos < len(buf):
+                n = proc.stdout.readinto(view[pos:])
+                if not n:
+                    break
+                pos += n
+            else:               # more than announced (a wrong duration in the header): keep it all
+                chunk = proc.stdout.read(1 << 24)
+                if not chunk:
+                    break
+                extra.append(chunk)
+        view.release()
+        proc.wait()
+        reader.join()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if killed:
+        raise subprocess.TimeoutExpired(args, timeout)
+    out = np.concatenate([buf[:pos], *(np.frombuffer(c, np.uint8) for c in extra)]) if extra else buf[:pos]
+    return subprocess.CompletedProcess(args, proc.returncode, out, b"".join(err))
+
+
+def check_length(info: "MediaInfo", start: float, end: Optional[float], max_seconds: Optional[float]) -> None:
+    """Refuse a clip longer than `max_seconds` (media.max_clip_seconds) before anything is decoded."""
+    if not max_seconds or info.duration is None:
+        return
+    length = (min(end, info.duration) if end is not None else info.duration) - start
+    if length > max_seconds:
+        raise ClipTooLongError(f"{info.path}: clip is {length:.0f} s long{_segment_hint(start, end, info.duration)}, "
+                               f"over media.max_clip_seconds = {max_seconds:g}: not decoded (raise the limit "
+                               f"or cut the file into segments in the manifest)")
+
+
+def _segment_length(info: Optional["MediaInfo"], start: float, end: Optional[float]) -> Optional[float]:
+    if end is not None:
+        return max(0.0, end - start)
+    if info is not None and info.duration is not None:
+        return max(0.0, info.duration - start)
+    return None
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -200,21 +263,25 @@ def _seek(start: float, end: Optional[float]) -> dict:
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
-                 end: Optional[float] = None, timeout: float = 600.0) -> np.ndarray:
+                 end: Optional[float] = None, timeout: float = 600.0,
+                 info: Optional["MediaInfo"] = None) -> np.ndarray:
     """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
     p = _check_file(path)
+    length = _segment_length(info, start, end)
+    # room for the whole segment (+1 s slack); unknown length: an hour, grown past that if needed
+    capacity = int(((length if length is not None else 3600.0) + 1.0) * sample_rate * 4)
     _log_decode("audio", str(p))
     stream = _input(p).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
                                          ar=sample_rate, map="0:a:0", **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-    proc = _ffmpeg(args, timeout)
+    proc = _ffmpeg_pipe(args, timeout, capacity)
     if proc.returncode != 0:
         msg = _tail(proc.stderr)
         # ffmpeg words a missing audio stream differently across versions.
         if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-    audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
@@ -238,23 +305,33 @@ def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 640, start: float = 0.0,
                   end: Optional[float] = None, info: Optional[MediaInfo] = None,
-                  timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
-    """(frames (N, H, W, 3) uint8 RGB, times (N,) seconds from `start`), sampled at `fps`."""
+                  timeout: float = 600.0, max_frames: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W, 3) uint8 RGB, times (N,) seconds from `start`), sampled at `fps`.
+
+    With `max_frames`, a segment longer than max_frames / fps is sampled at the lower rate that gives
+    max_frames frames over it: ffmpeg's fps filter drops the rest before scaling and conversion, so memory
+    stays flat in the clip's length (a film decodes into as many frames as a one-minute clip)."""
     p = _check_file(path)
     info = info or probe(p)
     if not info.has_video or not info.width:
         raise NoStreamError(f"{p}: no video stream")
     w, h = target_size(info.width, info.height, max_side)
     _log_decode("frames", str(p))
+    length = _segment_length(info, start, end)
+    if max_frames and length and length * fps > max_frames:
+        fps = max_frames / length
+    frame_bytes = w * h * 3
+    limit = {"frames:v": max_frames} if max_frames else {}
+    expected = max_frames or (int(length * fps) + 2 if length is not None else None)
+    capacity = frame_bytes * (expected + 2 if expected else 1024)
 
     def run(**fps_opts) -> subprocess.CompletedProcess:
         stream = (_input(p).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
-                  .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end)))
+                  .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end), **limit))
         args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-        return _ffmpeg(args, timeout)
+        return _ffmpeg_pipe(args, timeout, capacity)
 
     proc = run()
-    frame_bytes = w * h * 3
     n = len(proc.stdout) // frame_bytes
     if proc.returncode == 0 and n == 0:
         # A video shorter than one 1/fps step (e.g. a single frame) rounds to no output frame;
@@ -265,7 +342,7 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
         raise MediaError(f"{p}: ffmpeg could not decode video: {_tail(proc.stderr)}")
     if n == 0:
         raise MediaError(f"{p}: decoded 0 video frames{_segment_hint(start, end, info.duration)}")
-    frames = np.frombuffer(proc.stdout[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
+    frames = proc.stdout[: n * frame_bytes].reshape(n, h, w, 3)
     times = np.arange(n, dtype=np.float64) / fps
     return frames, times
 

@@ -143,19 +143,32 @@ def _end_or_none(v) -> Optional[float]:
 
 
 # ---------------------------------------------------------------- decoding ahead
-def prefetch_batches(batches: list[list], decode: Callable, workers: int) -> Iterator[tuple[list, list]]:
+def prefetch_batches(batches: list[list], decode: Callable, workers: int,
+                     max_ahead_bytes: Optional[float] = None) -> Iterator[tuple[list, list]]:
     """Yield (batch, [decode(item) ...]) while the NEXT batch is already decoding in threads.
 
     ffmpeg runs as a subprocess, so threads overlap decoding with the extractors' model time.
-    At most two batches are held decoded at once."""
+    At most two batches are held decoded at once, and only one while the current batch holds more than
+    `max_ahead_bytes` (media.decode_ahead_mb): then the next is decoded after the consumer is done with this
+    one. The consumer should clear() the yielded list when done, so its arrays are freed before that."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         pending = [pool.submit(decode, item) for item in batches[0]] if batches else []
         for i, batch in enumerate(batches):
             decoded = [f.result() for f in pending]
-            pending = [pool.submit(decode, item) for item in batches[i + 1]] if i + 1 < len(batches) else []
+            more = i + 1 < len(batches)
+            ahead = more and (max_ahead_bytes is None or sum(map(_decoded_bytes, decoded)) <= max_ahead_bytes)
+            pending = [pool.submit(decode, item) for item in batches[i + 1]] if ahead else []
             yield batch, decoded
+            del decoded
+            if more and not ahead:
+                pending = [pool.submit(decode, item) for item in batches[i + 1]]
+
+
+def _decoded_bytes(dec) -> int:
+    cin = dec[0] if isinstance(dec, tuple) else None
+    return sum(a.nbytes for a in (getattr(cin, "audio", None), getattr(cin, "frames", None)) if a is not None)
 
 
 # ---------------------------------------------------------------- the worker
@@ -212,8 +225,10 @@ class Worker:
         batches = [clips[i: i + size] for i in range(0, len(clips), size)]
         with deferred_sigint() as self.interrupt, \
                 progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
-            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers):
+            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers,
+                                                   self.cfg.media.decode_ahead_mb * (1 << 20)):
                 self._process(chunk, decoded)
+                decoded.clear()   # free this batch's frames and audio before the next is decoded
                 bar.update(len(chunk))
             self.flush(force=True)
 
@@ -232,9 +247,16 @@ class Worker:
         empty: dict[str, str] = {}
         errors: dict[str, Exception] = {}
         m = self.cfg.media
+        info = None
+        if rec.media and needs & {"audio", "frames"}:
+            try:
+                info = self._probe_within_limits(rec)
+            except media.ClipTooLongError as e:   # a failure of every stream, recorded; nothing decoded
+                return cin, empty, {"audio": e, "frames": e}
         if "audio" in needs and rec.media:
             try:
-                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s)
+                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s,
+                                               info=info)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
             except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail
@@ -244,7 +266,8 @@ class Worker:
         if "frames" in needs and rec.media:
             try:
                 cin.frames, cin.frame_times = media.decode_frames(rec.media, m.decode_fps, m.max_side, rec.start,
-                                                                  rec.end, timeout=m.ffmpeg_timeout_s)
+                                                                  rec.end, info=info, timeout=m.ffmpeg_timeout_s,
+                                                                  max_frames=m.max_frames)
             except media.NoStreamError as e:
                 empty["frames"] = str(e)
             except Exception as e:
@@ -252,6 +275,15 @@ class Worker:
         elif "frames" in needs:
             empty["frames"] = "text-only clip (no media)"
         return cin, empty, errors
+
+    def _probe_within_limits(self, rec: ClipRecord) -> Optional[media.MediaInfo]:
+        """The clip's media info (None if unreadable: the decoders then say why), refusing over-long clips."""
+        try:
+            info = media.probe(rec.media)
+        except media.MediaError:
+            return None
+        media.check_length(info, rec.start, rec.end, self.cfg.media.max_clip_seconds)
+        return info
 
     def _process(self, recs: list[ClipRecord], decoded: Optional[list] = None) -> None:
         inputs: dict[str, ClipInput] = {}
