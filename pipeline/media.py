@@ -30,6 +30,10 @@ class NoStreamError(MediaError):
     """The file has no stream of the requested kind (e.g. a video without audio): an empty modality."""
 
 
+class MediaChangedError(MediaError):
+    """The file is not the one listed: it now resolves elsewhere, or its size/mtime changed since listing."""
+
+
 class ClipTooLongError(MediaError):
     """The clip is longer than `media.max_clip_seconds`: recorded as a failure instead of decoded."""
 

@@ -47,6 +47,10 @@ class ClipRecord:
     annotation: dict
     missing: list[str] = field(default_factory=list)   # extractor keys to run
     dataset_specs: Optional[list[str]] = None           # extractors its dataset(s) ask for
+    root: Optional[str] = None       # dataset root and what the listing saw of the file: checked again
+    rel_path: Optional[str] = None   # right before decoding (a file swapped for a link out since is refused)
+    size: Optional[int] = None
+    mtime_ns: Optional[int] = None
 
 
 @dataclass
@@ -130,7 +134,10 @@ def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
                               media=str(root / r["path"]) if r["path"] else None,
                               start=float(r["start"]), end=_end_or_none(r["end"]),
                               text={c[5:]: (r[c] or None) for c in text_cols},
-                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {}))
+                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {},
+                              root=str(root), rel_path=r["path"] or None,
+                              size=int(r["media_size"]) if r.get("media_size") else None,
+                              mtime_ns=int(r["media_mtime_ns"]) if r.get("media_mtime_ns") else None))
     return out
 
 
@@ -250,8 +257,9 @@ class Worker:
         info = None
         if rec.media and needs & {"audio", "frames"}:
             try:
+                rec = self._as_listed(rec)
                 info = self._probe_within_limits(rec)
-            except media.ClipTooLongError as e:   # a failure of every stream, recorded; nothing decoded
+            except (media.ClipTooLongError, media.MediaChangedError) as e:   # every stream fails; nothing decoded
                 return cin, empty, {"audio": e, "frames": e}
         if "audio" in needs and rec.media:
             try:
@@ -275,6 +283,26 @@ class Worker:
         elif "frames" in needs:
             empty["frames"] = "text-only clip (no media)"
         return cin, empty, errors
+
+    @staticmethod
+    def _as_listed(rec: ClipRecord) -> ClipRecord:
+        """The record with its media path resolved again now (inside the root, same size and mtime as when
+        listed): a file swapped for a symlink out of the root, or replaced, since listing is refused."""
+        if rec.root is None or rec.rel_path is None:
+            return rec                                   # e.g. `predict`, which resolves its one file itself
+        from dataclasses import replace
+
+        from pipeline.datasets.base import DatasetError, resolve_inside
+
+        try:
+            real = resolve_inside(Path(rec.root), rec.rel_path, rec.media or rec.rel_path)
+            st = real.stat()
+        except (DatasetError, OSError) as e:
+            raise media.MediaChangedError(f"{rec.media}: changed since listing: {e}") from None
+        if rec.size is not None and (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            raise media.MediaChangedError(f"{rec.media}: changed since listing (size/mtime differ); list the "
+                                          f"dataset again (`emocache datasets list {rec.dataset}`)")
+        return replace(rec, media=str(real))
 
     def _probe_within_limits(self, rec: ClipRecord) -> Optional[media.MediaInfo]:
         """The clip's media info (None if unreadable: the decoders then say why), refusing over-long clips."""
