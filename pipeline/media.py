@@ -81,6 +81,14 @@ class MediaInfo:
     fps: Optional[float] = None
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
+    rotation: float = 0.0     # display-matrix rotation (degrees); width/height are AFTER it, as decoded
+
+
+def _displayed(info: "MediaInfo") -> "MediaInfo":
+    """ffmpeg auto-rotates on decode: a 90/270-degree display matrix swaps the frame's width and height."""
+    if round(abs(info.rotation)) % 180 == 90:
+        info.width, info.height = info.height, info.width
+    return info
 
 
 # Container demuxers ffmpeg may use on dataset media. Playlist / manifest demuxers (hls, dash, concat,
@@ -173,6 +181,7 @@ def _segment_length(info: Optional["MediaInfo"], start: float, end: Optional[flo
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 # the size follows a ", " (a codec tag like '0x31637661' must not read as a size); 1x1 is a valid size
 _VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?, (\d{1,5})x(\d{1,5})\b")
+_ROTATION = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
 _FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)")
 _AUDIO = re.compile(r"Stream #\S+.*?: Audio: [^,]+, (\d+) Hz, ([^,]+)")
 
@@ -217,9 +226,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         if v and v.get("avg_frame_rate", "0/0") != "0/0":
             num, den = v["avg_frame_rate"].split("/")
             fps = float(num) / float(den) if float(den) else None
-        return MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
-                         int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
-                         int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None)
+        rot = next((float(sd["rotation"]) for sd in (v or {}).get("side_data_list", []) if "rotation" in sd), 0.0)
+        return _displayed(MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
+                                    int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
+                                    int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None,
+                                    rot))
     opts = [a for k, v in confine_options().items() for a in (f"-{k}", v)]
     proc = _ffmpeg([ffmpeg_exe(), "-nostdin", "-hide_banner", *opts, "-i", _url(p)], timeout=60, text=True)
     # ffmpeg echoes the file name in its header dump: take it out, so a name cannot fake a field
@@ -230,14 +241,16 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     dur = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
     vid = _VIDEO.search(err)
     aud = _AUDIO.search(err)
-    fps = None
+    fps, rot = None, 0.0
     if vid:
-        line = err[vid.start():].split("\n", 1)[0]
+        line, _, rest = err[vid.start():].partition("\n")
         f = _FPS.search(line)
         fps = float(f[1]) if f else None
-    return MediaInfo(str(p), dur, aud is not None, vid is not None,
-                     int(vid[1]) if vid else 0, int(vid[2]) if vid else 0, fps,
-                     int(aud[1]) if aud else None, None)
+        r = _ROTATION.search(rest.split("Stream #", 1)[0])    # the video stream's own side data
+        rot = float(r[1]) if r else 0.0
+    return _displayed(MediaInfo(str(p), dur, aud is not None, vid is not None,
+                                int(vid[1]) if vid else 0, int(vid[2]) if vid else 0, fps,
+                                int(aud[1]) if aud else None, None, rot))
 
 
 REFUSED_FORMAT = ("not a plain media container (a playlist, manifest or concat list would make ffmpeg "

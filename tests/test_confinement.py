@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import media
@@ -145,3 +146,21 @@ def test_background_job_is_not_stopped_by_the_terminal(hostile, repo):
     code = ("import sys; from pipeline import media; p = sys.argv[1]; media.probe(p); media.decode_audio(p); "
             "media.decode_frames(p, fps=5, max_side=64)")
     assert _as_background_job([sys.executable, "-c", code, str(hostile["ok"])], repo).startswith("exit 0")
+
+
+def test_rotated_video_decodes_upright_and_unsquashed(tmp_path, shared_data):
+    """A copy stored rotated (pixels turned 90 degrees, display matrix turning them back) decodes into exactly
+    the original frames: the output is sized after ffmpeg's auto-rotation, so every extractor (faces, tracks,
+    ...) sees the same images as on the original. Lossless H.264 keeps the comparison exact."""
+    src = shared_data / "pyfeat" / "single_face.mp4"
+    orig, turned, rotated = tmp_path / "orig.mp4", tmp_path / "turned.mp4", tmp_path / "rotated.mp4"
+    lossless = ["-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", "-an"]
+    _ff("-i", str(src), "-t", "1", "-vf", "scale=160:90", *lossless, str(orig))
+    _ff("-i", str(orig), "-vf", "transpose=clock", *lossless, str(turned))
+    _ff("-display_rotation", "90", "-i", str(turned), "-c", "copy", str(rotated))   # 90 counter-clockwise
+    info = media.probe(rotated)
+    assert (info.width, info.height) == (160, 90) and abs(info.rotation) == 90
+    a, ta = media.decode_frames(orig, fps=5, max_side=160)
+    b, tb = media.decode_frames(rotated, fps=5, max_side=160)
+    assert a.shape == b.shape == (len(a), 90, 160, 3)
+    assert np.array_equal(a, b) and np.array_equal(ta, tb)

@@ -127,3 +127,24 @@ def test_file_swapped_after_listing_is_refused_at_open(tmp_path, make_config, sw
     (f,) = s.failures
     assert f["stage"] == "decode" and "a.wav: changed since listing" in f["error"]
     assert ("outside the dataset root" if swap == "symlink out" else "size/mtime differ") in f["error"]
+
+
+def test_header_and_bound_mistakes_are_named(tmp_path, make_config):
+    from pipeline.datasets import DatasetError
+
+    root = tmp_path / "media"
+    _tone(root / "ok.wav")
+    dup = tmp_path / "dup.csv"
+    dup.write_text("path,labels,labels,transcript\nok.wav,a,b,t\n")
+    with pytest.raises(DatasetError, match=r"dup.csv:1: duplicated header column\(s\) \['labels'\]"):
+        list_dataset(_csv_cfg(make_config, root, dup), "d")
+    mapped = tmp_path / "mapped.csv"
+    mapped.write_text("file,emotion,transcript\nok.wav,a,t\n")
+    with pytest.raises(DatasetError, match=r"columns.labels -> 'label'"):
+        list_dataset(_csv_cfg(make_config, root, mapped, columns={"path": "file", "labels": "label"}), "d")
+    bounds = tmp_path / "bounds.csv"
+    bounds.write_text("path,labels,transcript,start,end\n" + "".join(
+        f"ok.wav,a,t,{s},{e}\n" for s, e in (("nan", ""), ("0", "inf"), ("-1", "0.5"), ("0", "0.5"))))
+    listing = list_dataset(_csv_cfg(make_config, root, bounds), "d")
+    assert len(listing.clips) == 1
+    assert sum("must be a finite time >= 0 s" in p.reason for p in listing.problems) == 3

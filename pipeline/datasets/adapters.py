@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -48,6 +49,9 @@ def read_table(path: Path, delimiter: Optional[str] = None,
         bad_bytes = True
     delim = delimiter or ("\t" if path.suffix.lower() in {".tsv", ".tab"} else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    dup = sorted({c for c in reader.fieldnames or () if (reader.fieldnames or []).count(c) > 1})
+    if dup:   # csv.DictReader would silently keep the last one
+        raise DatasetError(f"{path}:1: duplicated header column(s) {dup}")
     good, skipped = [], []
     rows = iter(reader)
     last = 1                                   # physical line where the previous row ended
@@ -103,9 +107,12 @@ def _float(v, source: str, col: str) -> Optional[float]:
     if v is None or str(v).strip() == "":
         return None
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise DatasetError(f"{source}: column {col!r} is not a number: {v!r}") from None
+    if not math.isfinite(x) or x < 0:   # 'nan', 'inf' and negative times parse as floats but are no bounds
+        raise DatasetError(f"{source}: column {col!r} must be a finite time >= 0 s, got {v!r}")
+    return x
 
 
 @adapter("csv")
@@ -115,8 +122,11 @@ def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem])
     manifest = Path(cfg.manifest)
     cols = {"path": "path", "start": "start", "end": "end", "labels": "labels", "split": "split",
             "group": "group", "target_box": "target_box", "target_time": "target_time", **cfg.columns}
-    clips = []
+    clips, checked = [], False
     for line, row in read_table(manifest, cfg.delimiter, problems, name):
+        if not checked:
+            _check_mapped_columns(manifest, row, cfg)
+            checked = True
         source = f"{manifest}:{line}"
         try:
             text = {field: (row.get(col) or None) for field, col in cfg.text_fields.items()}
@@ -135,6 +145,16 @@ def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem])
         except (DatasetError, ValueError) as e:
             problems.append(Problem(name, source, row.get(cols["path"]), str(e)))
     return clips
+
+
+def _check_mapped_columns(manifest: Path, row: dict, cfg: DatasetConfig) -> None:
+    """A column params.yaml maps explicitly (`columns:` role -> name) must exist in the manifest header."""
+    mapped = {f"columns.{k}": v for k, v in cfg.columns.items()}
+    missing = {k: v for k, v in mapped.items() if v not in row}
+    if missing:
+        raise DatasetError(f"{manifest}: mapped column(s) not in the header: "
+                           + ", ".join(f"{k} -> {v!r}" for k, v in missing.items())
+                           + f"; header: {[c for c in row if c is not None]}")
 
 
 def _norm_split(s: Optional[str]) -> Optional[str]:

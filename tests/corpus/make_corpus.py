@@ -189,6 +189,31 @@ def _fifo_playlist(root, outside, shared):
     (root / "fifo.m3u8").write_text(_HLS.format("../outside/fifo.ts"))
 
 
+def _rotated(root, outside, shared):
+    """Pixels stored turned 90 degrees clockwise, a display matrix turning them back (a phone video)."""
+    turned = root / ".turned.mp4"
+    ffmpeg("-i", str(shared / SINGLE_FACE), "-t", "2", "-c:v", "mpeg4", "-q:v", "6",
+           "-vf", "scale=320:-2,transpose=clock", "-an", str(turned))
+    ffmpeg("-display_rotation", "90", "-i", str(turned), "-c", "copy", str(root / "rotated.mp4"))
+    turned.unlink()
+
+
+def _long(root, outside, shared):
+    # 40 s by looping the 10 s clip with stream copy; the corpus run sets media.max_clip_seconds to 30
+    ffmpeg("-stream_loop", "3", "-i", str(shared / HAMILTON), "-c", "copy", "-t", "40", str(root / "long_40s.mp4"))
+
+
+def _symlink_loop(root, outside, shared):
+    if not (root / "loop_a.mp4").is_symlink():
+        os.symlink("loop_b.mp4", root / "loop_a.mp4")
+        os.symlink("loop_a.mp4", root / "loop_b.mp4")
+
+
+def _fifo_in_root(root, outside, shared):
+    if not (root / "fifo.wav").exists():
+        os.mkfifo(root / "fifo.wav")
+
+
 def _past_end(root, outside, shared):
     cut_av(shared / SINGLE_FACE, root / "segment_past_end.mp4", 0.5, 1.5)
 
@@ -270,10 +295,35 @@ CASES: list[Case] = [
     Case("playlist pointing at a FIFO", "fifo.m3u8", _all("failed", "rows", "failed"),
          "refused at once by the demuxer whitelist; the FIFO is never opened, so nothing blocks until the timeout",
          _fifo_playlist),
+    Case("rotated video (display matrix, 90 degrees)", "rotated.mp4", _all("empty", "rows", "rows"),
+         "decoded upright at its displayed size (ffmpeg auto-rotates; the probe reads the display matrix), not "
+         "squashed; no audio stream: audio empty", _rotated),
+    Case("clip longer than media.max_clip_seconds (40 s, limit 30 s)", "long_40s.mp4",
+         _all("failed", "rows", "failed"),
+         "recorded as failed ('over media.max_clip_seconds'), nothing decoded; a film cannot take the run down",
+         _long),
+    Case("symlink loop", "loop_a.mp4", SKIPPED, "refused at listing: 'is a symlink loop' (file:line)",
+         _symlink_loop, listed=False, problem="symlink loop"),
+    Case("FIFO named like media", "fifo.wav", SKIPPED, "refused at listing: 'is a FIFO, not a media file'",
+         _fifo_in_root, listed=False, problem="is a FIFO"),
+    Case("NUL byte in a path", None, SKIPPED, "refused at listing: 'contains a NUL byte' (file:line)",
+         raw_row=b"ok\x00av.mp4,,,happy,nul\n", listed=False, problem="NUL byte"),
+    Case("text field over 128 KB", None, SKIPPED,
+         "that row is refused at listing ('field larger than field limit', file:line); the other rows are listed",
+         raw_row=b"stereo_48k.wav,,,happy," + b"y" * 140_000 + b"\n", listed=False, problem="field larger"),
+    Case("path through a folder that does not exist", "nosuchdir/../ok_av.mp4", SKIPPED,
+         "refused at listing: 'goes through .../nosuchdir, which does not exist'", listed=False,
+         problem="which does not exist"),
     Case("row with neither media nor text", None, SKIPPED,
          "refused at listing: 'clip has neither a media path nor any text'", transcript="", listed=False,
          problem="neither a media path nor any text"),
 ]
+# An unclosed quote: its row swallows the next line. Last, so the line numbers of the cases above hold.
+CASES.append(Case("unbalanced quote (swallows the next row)", None, SKIPPED,
+                  "detected: the row holding lines that look like rows is refused ('unbalanced quote', file:line, "
+                  "the lines it ran to); nothing is merged silently",
+                  raw_row=b'ok_av.mp4,,,happy,"unclosed quote\nstereo_8k.wav,,,sad,swallowed\n', listed=False,
+                  problem="unbalanced quote"))
 # The second listing of 'listed_twice.flac': a dataset problem, not a second clip.
 DUPLICATE_ROW = {"path": "listed_twice.flac", "start": "", "end": "", "labels": "sad", "transcript": "a short line"}
 
