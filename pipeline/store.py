@@ -440,16 +440,13 @@ class FeatureStore:
         return len(doomed) + partial
 
     def _age_s(self, path: str, seg: str) -> float:
+        """Seconds since the segment's writer started it. Writers mark that first on object storage; a
+        segment without the mark was never started by a live writer of this version: collectable."""
         try:
             started = (self.backend.get_doc(path) or {}).get("started")
         except Exception:
             started = None
-        if started is None:   # written before segments carried a start time: the sortable name's clock
-            try:
-                started = time.mktime(time.strptime(seg[:15], "%Y%m%dT%H%M%S"))
-            except ValueError:
-                return float("inf")
-        return time.time() - float(started)
+        return float("inf") if started is None else time.time() - float(started)
 
     # -- write
     def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:

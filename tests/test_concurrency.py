@@ -156,3 +156,17 @@ def test_broken_segment_is_reported_and_re_extracted(tmp_path, tones, reference,
     assert summary.stats[KEY].done == N_CLIPS - 3            # the lost clip again + the 4 not yet extracted
     _assert_store_exact(params, reference[fmt])
     assert Path(store_path(cfg.store, Path(cfg.base_dir), "audio")).exists()
+
+
+def test_object_storage_gc_spares_a_live_writers_segment(tmp_path):
+    """Object storage has no lock: an uncommitted segment is collected only once older than
+    store.remote_gc_age_s (writers mark its start first). A fsspec URL (file://) takes that path."""
+    import time
+
+    st = FeatureStore(f"file://{tmp_path}/remote.zarr", storage_options={"auto_mkdir": True}, remote_gc_age_s=60)
+    st.set_current("k", "fp", {"extractor": "k"})
+    for name, age in (("20260101T000000-live-a", 5), ("20260101T000000-dead-b", 600)):
+        st.backend.root.require_group(f"k/fp/{name}").attrs.put({"committed": False, "started": time.time() - age})
+    assert sorted(st.segments("k", "fp")[1]) == ["20260101T000000-dead-b", "20260101T000000-live-a"]
+    assert st.gc_uncommitted("k", "fp") == 1
+    assert st.segments("k", "fp")[1] == ["20260101T000000-live-a"]
