@@ -159,6 +159,10 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     except StoreWriteError as e:  # e.g. disk full: committed clips are intact, the rerun resumes
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(4)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: clips committed before Ctrl-C are complete; nothing of the clips in progress "
+                   "was stored. Rerun to continue (only missing clips are extracted)", err=True)
+        raise typer.Exit(130)
     for line in summary.lines():
         typer.echo(line)
     for f in summary.failures[:20]:

@@ -29,6 +29,9 @@ class StoreConfig(Strict):
     storage_options: dict = Field(default_factory=dict)
     # Clip tables (datasets stage) always live on local disk, also when `dir` is an object-store URL.
     tables_dir: str = "cache/datasets"
+    # Object storage has no locks: an uncommitted segment there is collected only once older than this
+    # (a live writer commits a segment within seconds; local stores use a writer lock instead).
+    remote_gc_age_s: float = 3600.0
 
 
 class WeightsFetchConfig(Strict):
@@ -70,6 +73,14 @@ class MediaConfig(Strict):
     max_side: int = 640                     # decoded frames are scaled so the longer side is at most this
     decode_workers: int = 2                 # ffmpeg processes decoding ahead of the extractors
     ffmpeg_timeout_s: float = 600.0
+    # Longer clips are recorded as failed ("over media.max_clip_seconds"), never decoded: one film must
+    # not take the run (or, killed for memory, every rerun) down.
+    max_clip_seconds: float = 7200.0
+    # Frames decoded per clip at most: a clip longer than max_frames / decode_fps is sampled at the lower
+    # rate giving max_frames frames, so frame memory is flat in clip length (600 = one minute at 10 fps).
+    max_frames: int = 600
+    # The next batch is decoded ahead (while extractors run) only while the current one holds less than this.
+    decode_ahead_mb: float = 1024.0
 
 
 # ---------------------------------------------------------------- datasets

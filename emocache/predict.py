@@ -119,10 +119,11 @@ def _extract(cfg: Config, specs: list[str], records: list) -> tuple[dict[str, st
     from pipeline.runner import Worker, plan
 
     worker = Worker(cfg, specs, run_id="predict-" + uuid.uuid4().hex[:8])
-    worker.prepare(gc=False)   # never garbage-collect: an `extract` may be writing to the same store right now
-    todo, skipped = plan(worker, records)
-    computed = {k: sum(k in r.missing for r in todo) for k in worker.order}
-    worker.run(todo, show_progress=len(todo) > 1)
+    with worker.locked():      # an `extract` writing to the same store finishes first
+        worker.prepare(gc=False)
+        todo, skipped = plan(worker, records)
+        computed = {k: sum(k in r.missing for r in todo) for k in worker.order}
+        worker.run(todo, show_progress=len(todo) > 1)
     pretrained = {k: (e.weights.pretrained if e.weights else None) for k, e in worker.extractors.items()}
     return worker.fp, {"computed": computed, "cached": skipped, "pretrained": pretrained}, worker.failures
 

@@ -82,6 +82,9 @@ class Figures:
         matplotlib.use("Agg")   # no display; never opens a window
         import matplotlib.pyplot as plt
 
+        # labels and file names are data: a '$' in one must print as '$', not start (broken) mathtext
+        plt.rcParams["text.parse_math"] = False
+
         self.plt, self.dpi, self.width = plt, cfg.report.dpi, cfg.report.figure_width_in
         self.count = 0
 
@@ -274,7 +277,7 @@ def metrics_diff(cfg: Config, rev: str) -> tuple[Optional[str], str]:
     """(markdown table or None, message). Runs `dvc metrics diff --md REV` in the project directory."""
     cmd = [sys.executable, "-m", "dvc", "metrics", "diff", "--md", rev]
     try:
-        proc = subprocess.run(cmd, cwd=cfg.base_dir, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=cfg.base_dir, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=cfg.report.dvc_timeout_s)
     except subprocess.TimeoutExpired:
         return None, f"`{' '.join(cmd[1:])}` timed out after {cfg.report.dvc_timeout_s:.0f} s"
@@ -317,7 +320,7 @@ def prediction_section(doc: dict, figs: Figures) -> str:
     head = doc["head"]
     classes = head["classes"]
     thr = np.asarray([head["thresholds"][c] for c in classes])
-    title = f"{Path(doc['video']).name} &mdash; {esc(head['run'])}"
+    title = f"{esc(Path(doc['video']).name)} &mdash; {esc(head['run'])}"
     parts = [f"<h3>{title}</h3>",
              f"<p>{doc['duration_s']:.1f} s; {esc(head['kind'])} head on {esc(' + '.join(head['modalities']))}; "
              f"{len(doc['segments'])} speech segment(s); thresholds: {esc(head['thresholds_source'])}</p>"]

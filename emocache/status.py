@@ -51,8 +51,10 @@ def collect_status(cfg: Config) -> list[str]:
             pre = "" if not meta else ("" if meta.get("pretrained") else "  pretrained: false")
             det = meta.get("detector")   # tracks: which person detector ran (detector.kind auto decides)
             det = f"  detector {det['kind']} ({det['why']})" if det else ""
+            broken = st.broken.get((spec, cur), {}) if cur else {}
+            bad = f"  broken segments {len(broken)} (re-extracted by the next run)" if broken else ""
             lines.append(f"  {spec:<18} cached {len(have)}/{len(ids)}  stale {len(stale)}  failed {len(failed)}"
-                         f"  fingerprint {cur or '-'}{pre}{det}")
+                         f"  fingerprint {cur or '-'}{pre}{det}{bad}")
     for fam, st in stores.items():
         size = st.size_bytes()
         lines.append(f"store {fam}: {st.root} ({_human(size) if size >= 0 else 'remote'})")

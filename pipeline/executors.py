@@ -31,6 +31,7 @@ from emocache.progress import progress
 from pipeline import media
 from pipeline.runner import ClipRecord, ExtractorStats, RunSummary, Worker, plan
 from pipeline.store import FeatureStore
+from pipeline.store_lock import store_locks
 
 log = logging.getLogger("emocache.extract")
 
@@ -156,13 +157,15 @@ def run_ray(cfg: Config, specs: list[str], records: list[ClipRecord], run_id: st
     try:
         actors, described = start_actors(cfg, specs, run_id)
         view = StorePlan(cfg, described[0])
-        view.prepare()
-        todo, skipped = plan(view, records)  # type: ignore[arg-type]  (duck-typed: order + present)
-        pretrained = {k: d["pretrained"] for k, d in described[0]["extractors"].items()}
-        stats = {k: ExtractorStats(skipped=skipped.get(k, 0), pretrained=pretrained[k]) for k in pretrained}
-        log.info("extract %s on %d Ray worker(s): %d clip(s) to process, %s", ",".join(specs), len(actors),
-                 len(todo), ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
-        failures, decodes = dispatch(actors, todo, cfg, view, stats, run_id, show_progress)
+        # the driver holds the stores' writer lock for its actors (local/NFS stores; see pipeline/store_lock.py)
+        with store_locks([st.root for st in view.stores.values()], f"ray driver run {run_id}"):
+            view.prepare()
+            todo, skipped = plan(view, records)  # type: ignore[arg-type]  (duck-typed: order + present)
+            pretrained = {k: d["pretrained"] for k, d in described[0]["extractors"].items()}
+            stats = {k: ExtractorStats(skipped=skipped.get(k, 0), pretrained=pretrained[k]) for k in pretrained}
+            log.info("extract %s on %d Ray worker(s): %d clip(s) to process, %s", ",".join(specs), len(actors),
+                     len(todo), ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
+            failures, decodes = dispatch(actors, todo, cfg, view, stats, run_id, show_progress)
     finally:
         for a in actors:
             ray.kill(a)

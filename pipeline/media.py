@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ class MediaError(RuntimeError):
 
 class NoStreamError(MediaError):
     """The file has no stream of the requested kind (e.g. a video without audio): an empty modality."""
+
+
+class MediaChangedError(MediaError):
+    """The file is not the one listed: it now resolves elsewhere, or its size/mtime changed since listing."""
+
+
+class ClipTooLongError(MediaError):
+    """The clip is longer than `media.max_clip_seconds`: recorded as a failure instead of decoded."""
 
 
 # Counts decodes per process (tests prove decode-once); EMOCACHE_DECODE_LOG also logs them to a file.
@@ -56,7 +65,8 @@ def ffmpeg_exe() -> str:
 
 
 def ffmpeg_version() -> str:
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
@@ -71,21 +81,133 @@ class MediaInfo:
     fps: Optional[float] = None
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
+    rotation: float = 0.0     # display-matrix rotation (degrees); width/height are AFTER it, as decoded
+
+
+def _displayed(info: "MediaInfo") -> "MediaInfo":
+    """ffmpeg auto-rotates on decode: a 90/270-degree display matrix swaps the frame's width and height."""
+    if round(abs(info.rotation)) % 180 == 90:
+        info.width, info.height = info.height, info.width
+    return info
+
+
+# Container demuxers ffmpeg may use on dataset media. Playlist / manifest demuxers (hls, dash, concat,
+# image2 patterns, ...) open further files named INSIDE the data, so they are not on the list, and the
+# `file` protocol is the only one allowed: probe and decode read exactly the one file they are given.
+DEMUXERS = ("mov", "matroska", "avi", "wav", "w64", "flac", "mp3", "ogg", "aac", "aiff", "asf", "flv",
+            "mpegts", "mpeg")
+
+
+def confine_options() -> dict[str, str]:
+    """ffmpeg/ffprobe input options that confine it to the named local file (see DEMUXERS)."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
+
+
+def _url(p: Path) -> str:
+    # 'file:' so that a name like 'concat:a|b' or 'subfile,,start,...' is never read as another protocol
+    return f"file:{p}"
+
+
+def _input(p: Path, **kw):
+    """The ffmpeg-python input node for `p`, confined to that one file."""
+    return ffmpeg.input(_url(p), **confine_options(), **kw)
+
+
+def _ffmpeg(args: list[str], timeout: float, text: bool = False) -> subprocess.CompletedProcess:
+    """Run ffmpeg; never with our stdin (a background job reading the tty is stopped by the shell)."""
+    return subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          **({"text": True, "errors": "surrogateescape"} if text else {}))
+
+
+def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int) -> subprocess.CompletedProcess:
+    """Run ffmpeg and read its stdout straight into one buffer (no bytes object + copy, which doubled the
+    peak). `capacity` is an upper bound, not a cost: pages never written are never resident. The result's
+    stdout is a uint8 ndarray of exactly what ffmpeg wrote."""
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    killed: list[bool] = []
+    timer = threading.Timer(timeout, lambda: (killed.append(True), proc.kill()))
+    timer.start()
+    buf = np.empty(max(1, capacity), dtype=np.uint8)
+    pos, extra = 0, []
+    try:
+        view = memoryview(buf)
+        while True:
+            if pos < len(buf):
+                n = proc.stdout.readinto(view[pos:])
+                if not n:
+                    break
+                pos += n
+            else:               # more than announced (a wrong duration in the header): keep it all
+                chunk = proc.stdout.read(1 << 24)
+                if not chunk:
+                    break
+                extra.append(chunk)
+        view.release()
+        proc.wait()
+        reader.join()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if killed:
+        raise subprocess.TimeoutExpired(args, timeout)
+    out = np.concatenate([buf[:pos], *(np.frombuffer(c, np.uint8) for c in extra)]) if extra else buf[:pos]
+    return subprocess.CompletedProcess(args, proc.returncode, out, b"".join(err))
+
+
+def check_length(info: "MediaInfo", start: float, end: Optional[float], max_seconds: Optional[float]) -> None:
+    """Refuse a clip longer than `max_seconds` (media.max_clip_seconds) before anything is decoded."""
+    if not max_seconds or info.duration is None:
+        return
+    length = (min(end, info.duration) if end is not None else info.duration) - start
+    if length > max_seconds:
+        raise ClipTooLongError(f"{info.path}: clip is {length:.0f} s long{_segment_hint(start, end, info.duration)}, "
+                               f"over media.max_clip_seconds = {max_seconds:g}: not decoded (raise the limit "
+                               f"or cut the file into segments in the manifest)")
+
+
+def _segment_length(info: Optional["MediaInfo"], start: float, end: Optional[float]) -> Optional[float]:
+    if end is not None:
+        return max(0.0, end - start)
+    if info is not None and info.duration is not None:
+        return max(0.0, info.duration - start)
+    return None
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5})")
+# the size follows a ", " (a codec tag like '0x31637661' must not read as a size); 1x1 is a valid size
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?, (\d{1,5})x(\d{1,5})\b")
+_ROTATION = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
 _FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)")
 _AUDIO = re.compile(r"Stream #\S+.*?: Audio: [^,]+, (\d+) Hz, ([^,]+)")
 
 
 def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise MediaError(f"{p}: file not found") from None
+    except OSError as e:
+        raise MediaError(f"{p}: cannot open: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # a FIFO would block ffmpeg until the timeout; a directory is no media
+        raise MediaError(f"{p}: not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise MediaError(f"{p}: file is empty (0 bytes)")
     return p
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -93,7 +215,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     p = _check_file(path)
     if shutil.which("ffprobe"):
         try:
-            data = ffmpeg.probe(str(p), cmd="ffprobe")
+            data = ffmpeg.probe(_url(p), cmd="ffprobe", **confine_options())
         except ffmpeg.Error as e:
             raise MediaError(f"{p}: cannot read media: {_tail(e.stderr)}") from None
         v = next((s for s in data["streams"] if s.get("codec_type") == "video"
@@ -104,26 +226,35 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         if v and v.get("avg_frame_rate", "0/0") != "0/0":
             num, den = v["avg_frame_rate"].split("/")
             fps = float(num) / float(den) if float(den) else None
-        return MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
-                         int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
-                         int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None)
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(p)], capture_output=True, text=True,
-                          errors="replace", timeout=60)
-    err = proc.stderr
+        rot = next((float(sd["rotation"]) for sd in (v or {}).get("side_data_list", []) if "rotation" in sd), 0.0)
+        return _displayed(MediaInfo(str(p), float(dur) if dur else None, a is not None, v is not None,
+                                    int(v["width"]) if v else 0, int(v["height"]) if v else 0, fps,
+                                    int(a["sample_rate"]) if a else None, int(a.get("channels", 0)) if a else None,
+                                    rot))
+    opts = [a for k, v in confine_options().items() for a in (f"-{k}", v)]
+    proc = _ffmpeg([ffmpeg_exe(), "-nostdin", "-hide_banner", *opts, "-i", _url(p)], timeout=60, text=True)
+    # ffmpeg echoes the file name in its header dump: take it out, so a name cannot fake a field
+    err = proc.stderr.replace(_url(p), "<input>").replace(str(p), "<input>")
     if "Invalid data found" in err or "Duration" not in err:
-        raise MediaError(f"{p}: cannot read media: {_tail(err)}")
+        raise MediaError(f"{p}: cannot read media: {_tail(proc.stderr)}")
     m = _DURATION.search(err)
     dur = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
     vid = _VIDEO.search(err)
     aud = _AUDIO.search(err)
-    fps = None
+    fps, rot = None, 0.0
     if vid:
-        line = err[vid.start():].split("\n", 1)[0]
+        line, _, rest = err[vid.start():].partition("\n")
         f = _FPS.search(line)
         fps = float(f[1]) if f else None
-    return MediaInfo(str(p), dur, aud is not None, vid is not None,
-                     int(vid[1]) if vid else 0, int(vid[2]) if vid else 0, fps,
-                     int(aud[1]) if aud else None, None)
+        r = _ROTATION.search(rest.split("Stream #", 1)[0])    # the video stream's own side data
+        rot = float(r[1]) if r else 0.0
+    return _displayed(MediaInfo(str(p), dur, aud is not None, vid is not None,
+                                int(vid[1]) if vid else 0, int(vid[2]) if vid else 0, fps,
+                                int(aud[1]) if aud else None, None, rot))
+
+
+REFUSED_FORMAT = ("not a plain media container (a playlist, manifest or concat list would make ffmpeg "
+                  "read other files; only these demuxers are allowed: " + ", ".join(DEMUXERS) + ")")
 
 
 def _tail(stderr: bytes | str | None, n: int = 3) -> str:
@@ -131,6 +262,8 @@ def _tail(stderr: bytes | str | None, n: int = 3) -> str:
         return "(no message)"
     if isinstance(stderr, bytes):
         stderr = stderr.decode("utf-8", "replace")
+    if "Format not on whitelist" in stderr or "Protocol not on whitelist" in stderr:
+        return REFUSED_FORMAT
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:]) or "(no message)"
 
@@ -147,21 +280,25 @@ def _seek(start: float, end: Optional[float]) -> dict:
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
-                 end: Optional[float] = None, timeout: float = 600.0) -> np.ndarray:
+                 end: Optional[float] = None, timeout: float = 600.0,
+                 info: Optional["MediaInfo"] = None) -> np.ndarray:
     """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
     p = _check_file(path)
+    length = _segment_length(info, start, end)
+    # room for the whole segment (+1 s slack); unknown length: an hour, grown past that if needed
+    capacity = int(((length if length is not None else 3600.0) + 1.0) * sample_rate * 4)
     _log_decode("audio", str(p))
-    stream = ffmpeg.input(str(p)).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
+    stream = _input(p).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
                                          ar=sample_rate, map="0:a:0", **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-    proc = subprocess.run(args, capture_output=True, timeout=timeout)
+    proc = _ffmpeg_pipe(args, timeout, capacity)
     if proc.returncode != 0:
         msg = _tail(proc.stderr)
         # ffmpeg words a missing audio stream differently across versions.
         if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-    audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
@@ -185,23 +322,33 @@ def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 640, start: float = 0.0,
                   end: Optional[float] = None, info: Optional[MediaInfo] = None,
-                  timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
-    """(frames (N, H, W, 3) uint8 RGB, times (N,) seconds from `start`), sampled at `fps`."""
+                  timeout: float = 600.0, max_frames: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W, 3) uint8 RGB, times (N,) seconds from `start`), sampled at `fps`.
+
+    With `max_frames`, a segment longer than max_frames / fps is sampled at the lower rate that gives
+    max_frames frames over it: ffmpeg's fps filter drops the rest before scaling and conversion, so memory
+    stays flat in the clip's length (a film decodes into as many frames as a one-minute clip)."""
     p = _check_file(path)
     info = info or probe(p)
     if not info.has_video or not info.width:
         raise NoStreamError(f"{p}: no video stream")
     w, h = target_size(info.width, info.height, max_side)
     _log_decode("frames", str(p))
+    length = _segment_length(info, start, end)
+    if max_frames and length and length * fps > max_frames:
+        fps = max_frames / length
+    frame_bytes = w * h * 3
+    limit = {"frames:v": max_frames} if max_frames else {}
+    expected = max_frames or (int(length * fps) + 2 if length is not None else None)
+    capacity = frame_bytes * (expected + 2 if expected else 1024)
 
     def run(**fps_opts) -> subprocess.CompletedProcess:
-        stream = (ffmpeg.input(str(p)).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
-                  .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end)))
+        stream = (_input(p).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
+                  .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end), **limit))
         args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-        return subprocess.run(args, capture_output=True, timeout=timeout)
+        return _ffmpeg_pipe(args, timeout, capacity)
 
     proc = run()
-    frame_bytes = w * h * 3
     n = len(proc.stdout) // frame_bytes
     if proc.returncode == 0 and n == 0:
         # A video shorter than one 1/fps step (e.g. a single frame) rounds to no output frame;
@@ -212,7 +359,7 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
         raise MediaError(f"{p}: ffmpeg could not decode video: {_tail(proc.stderr)}")
     if n == 0:
         raise MediaError(f"{p}: decoded 0 video frames{_segment_hint(start, end, info.duration)}")
-    frames = np.frombuffer(proc.stdout[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
+    frames = proc.stdout[: n * frame_bytes].reshape(n, h, w, 3)
     times = np.arange(n, dtype=np.float64) / fps
     return frames, times
 

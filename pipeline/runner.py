@@ -26,8 +26,10 @@ import numpy as np
 from emocache.config import Config
 from emocache.progress import progress
 from pipeline import media
+from pipeline.interrupt import InterruptFlag, deferred_sigint
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
 from pipeline.store import FeatureStore
+from pipeline.store_lock import store_locks
 
 log = logging.getLogger("emocache.extract")
 
@@ -45,6 +47,10 @@ class ClipRecord:
     annotation: dict
     missing: list[str] = field(default_factory=list)   # extractor keys to run
     dataset_specs: Optional[list[str]] = None           # extractors its dataset(s) ask for
+    root: Optional[str] = None       # dataset root and what the listing saw of the file: checked again
+    rel_path: Optional[str] = None   # right before decoding (a file swapped for a link out since is refused)
+    size: Optional[int] = None
+    mtime_ns: Optional[int] = None
 
 
 @dataclass
@@ -128,7 +134,10 @@ def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
                               media=str(root / r["path"]) if r["path"] else None,
                               start=float(r["start"]), end=_end_or_none(r["end"]),
                               text={c[5:]: (r[c] or None) for c in text_cols},
-                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {}))
+                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {},
+                              root=str(root), rel_path=r["path"] or None,
+                              size=int(r["media_size"]) if r.get("media_size") else None,
+                              mtime_ns=int(r["media_mtime_ns"]) if r.get("media_mtime_ns") else None))
     return out
 
 
@@ -141,19 +150,32 @@ def _end_or_none(v) -> Optional[float]:
 
 
 # ---------------------------------------------------------------- decoding ahead
-def prefetch_batches(batches: list[list], decode: Callable, workers: int) -> Iterator[tuple[list, list]]:
+def prefetch_batches(batches: list[list], decode: Callable, workers: int,
+                     max_ahead_bytes: Optional[float] = None) -> Iterator[tuple[list, list]]:
     """Yield (batch, [decode(item) ...]) while the NEXT batch is already decoding in threads.
 
     ffmpeg runs as a subprocess, so threads overlap decoding with the extractors' model time.
-    At most two batches are held decoded at once."""
+    At most two batches are held decoded at once, and only one while the current batch holds more than
+    `max_ahead_bytes` (media.decode_ahead_mb): then the next is decoded after the consumer is done with this
+    one. The consumer should clear() the yielded list when done, so its arrays are freed before that."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         pending = [pool.submit(decode, item) for item in batches[0]] if batches else []
         for i, batch in enumerate(batches):
             decoded = [f.result() for f in pending]
-            pending = [pool.submit(decode, item) for item in batches[i + 1]] if i + 1 < len(batches) else []
+            more = i + 1 < len(batches)
+            ahead = more and (max_ahead_bytes is None or sum(map(_decoded_bytes, decoded)) <= max_ahead_bytes)
+            pending = [pool.submit(decode, item) for item in batches[i + 1]] if ahead else []
             yield batch, decoded
+            del decoded
+            if more and not ahead:
+                pending = [pool.submit(decode, item) for item in batches[i + 1]]
+
+
+def _decoded_bytes(dec) -> int:
+    cin = dec[0] if isinstance(dec, tuple) else None
+    return sum(a.nbytes for a in (getattr(cin, "audio", None), getattr(cin, "frames", None)) if a is not None)
 
 
 # ---------------------------------------------------------------- the worker
@@ -182,9 +204,14 @@ class Worker:
                       for k, e in self.extractors.items()}
         self.failures: list[dict] = []
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
+        self.interrupt = InterruptFlag()     # replaced by a live one while run() runs
 
     def store_of(self, key: str) -> FeatureStore:
         return self.stores[self.extractors[key].family]
+
+    def locked(self):
+        """Hold the writer lock of every store this worker writes (plan, run and commit under it)."""
+        return store_locks([st.root for st in self.stores.values()], f"{self.writer} run {self.run_id}")
 
     def prepare(self, gc: bool = True) -> None:
         """Record metadata, make these fingerprints current, drop segments a killed run left behind."""
@@ -203,11 +230,14 @@ class Worker:
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
         size = max(1, self.cfg.runtime.batch_clips)
         batches = [clips[i: i + size] for i in range(0, len(clips), size)]
-        with progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
-            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers):
+        with deferred_sigint() as self.interrupt, \
+                progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
+            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers,
+                                                   self.cfg.media.decode_ahead_mb * (1 << 20)):
                 self._process(chunk, decoded)
+                decoded.clear()   # free this batch's frames and audio before the next is decoded
                 bar.update(len(chunk))
-        self.flush(force=True)
+            self.flush(force=True)
 
     def _decode_guarded(self, rec: ClipRecord):
         needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
@@ -224,9 +254,17 @@ class Worker:
         empty: dict[str, str] = {}
         errors: dict[str, Exception] = {}
         m = self.cfg.media
+        info = None
+        if rec.media and needs & {"audio", "frames"}:
+            try:
+                rec = self._as_listed(rec)
+                info = self._probe_within_limits(rec)
+            except (media.ClipTooLongError, media.MediaChangedError) as e:   # every stream fails; nothing decoded
+                return cin, empty, {"audio": e, "frames": e}
         if "audio" in needs and rec.media:
             try:
-                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s)
+                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s,
+                                               info=info)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
             except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail
@@ -236,7 +274,8 @@ class Worker:
         if "frames" in needs and rec.media:
             try:
                 cin.frames, cin.frame_times = media.decode_frames(rec.media, m.decode_fps, m.max_side, rec.start,
-                                                                  rec.end, timeout=m.ffmpeg_timeout_s)
+                                                                  rec.end, info=info, timeout=m.ffmpeg_timeout_s,
+                                                                  max_frames=m.max_frames)
             except media.NoStreamError as e:
                 empty["frames"] = str(e)
             except Exception as e:
@@ -244,6 +283,35 @@ class Worker:
         elif "frames" in needs:
             empty["frames"] = "text-only clip (no media)"
         return cin, empty, errors
+
+    @staticmethod
+    def _as_listed(rec: ClipRecord) -> ClipRecord:
+        """The record with its media path resolved again now (inside the root, same size and mtime as when
+        listed): a file swapped for a symlink out of the root, or replaced, since listing is refused."""
+        if rec.root is None or rec.rel_path is None:
+            return rec                                   # e.g. `predict`, which resolves its one file itself
+        from dataclasses import replace
+
+        from pipeline.datasets.base import DatasetError, resolve_inside
+
+        try:
+            real = resolve_inside(Path(rec.root), rec.rel_path, rec.media or rec.rel_path)
+            st = real.stat()
+        except (DatasetError, OSError) as e:
+            raise media.MediaChangedError(f"{rec.media}: changed since listing: {e}") from None
+        if rec.size is not None and (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            raise media.MediaChangedError(f"{rec.media}: changed since listing (size/mtime differ); list the "
+                                          f"dataset again (`emocache datasets list {rec.dataset}`)")
+        return replace(rec, media=str(real))
+
+    def _probe_within_limits(self, rec: ClipRecord) -> Optional[media.MediaInfo]:
+        """The clip's media info (None if unreadable: the decoders then say why), refusing over-long clips."""
+        try:
+            info = media.probe(rec.media)
+        except media.MediaError:
+            return None
+        media.check_length(info, rec.start, rec.end, self.cfg.media.max_clip_seconds)
+        return info
 
     def _process(self, recs: list[ClipRecord], decoded: Optional[list] = None) -> None:
         inputs: dict[str, ClipInput] = {}
@@ -312,6 +380,7 @@ class Worker:
         return ClipFeatures(rows.arrays, rows.times, rows.attrs)
 
     def _commit(self, key: str, clip_id: str, feats: ClipFeatures) -> None:
+        self.interrupt.check()   # rows computed while a SIGINT was pending may be wrong: never commit them
         self.pending[key].append((clip_id, feats))
         s = self.stats[key]
         s.done += 1
@@ -321,9 +390,11 @@ class Worker:
     def flush(self, force: bool = False) -> None:
         for key, items in self.pending.items():
             if items and (force or len(items) >= self.cfg.store.flush_clips):
+                self.interrupt.check()
                 self.store_of(key).write_segment(key, self.fp[key], items, writer=self.writer)
                 self.pending[key] = []
         if force and self.failures:
+            self.interrupt.check()
             by_family: dict[str, list[dict]] = defaultdict(list)
             for f in self.failures:
                 by_family[self.extractors[f["extractor"]].family].append(f)
@@ -331,6 +402,7 @@ class Worker:
                 self.stores[fam].record_failures(f"{self.run_id}-{self.writer}", rows)
 
     def _fail(self, rec: ClipRecord, key: str, stage: str, err) -> None:
+        self.interrupt.check()   # e.g. ffmpeg killed by the same Ctrl-C: not the clip's fault
         msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         self.stats[key].failed += 1
         self.failures.append({"clip_id": rec.clip_id, "dataset": rec.dataset, "path": rec.media,
@@ -396,12 +468,13 @@ def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[
 
         return run_ray(cfg, specs, list(merged.values()), run_id, t0, show_progress=show_progress)
     worker = Worker(cfg, specs, run_id=run_id)
-    worker.prepare()
-    todo, skipped = plan(worker, list(merged.values()))
-    for k, n in skipped.items():
-        worker.stats[k].skipped = n
-    log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
-             ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
-    worker.run(todo, show_progress=show_progress)
+    with worker.locked():   # another run on these stores finishes first; then we plan against what it committed
+        worker.prepare()
+        todo, skipped = plan(worker, list(merged.values()))
+        for k, n in skipped.items():
+            worker.stats[k].skipped = n
+        log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
+                 ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
+        worker.run(todo, show_progress=show_progress)
     decodes = {k: media.DECODE_COUNTER[k] - decodes_before.get(k, 0) for k in media.DECODE_COUNTER}
     return RunSummary(run_id, worker.stats, worker.failures, decodes, time.perf_counter() - t0)

@@ -15,7 +15,10 @@ A clip is visible only through a committed segment index, which is written after
 its rows; a process killed mid-segment leaves a segment without an index, which readers
 ignore and the next run deletes. Rows of one clip are contiguous inside one segment, so a
 clip reads in one or few chunk reads. Concurrent writers (Ray workers) use distinct segment
-names and never touch each other's segments.
+names and never touch each other's segments; separate runs take the store's writer lock
+(pipeline/store_lock.py) so that only segments of dead writers are ever collected. Readers check a
+committed index against its arrays: a segment whose arrays are missing or short is reported and its
+clips count as missing (re-extracted), never trusted.
 
 HDF5: `<root>` is a directory; every segment is one self-contained `.h5` file written under a
 temporary name and renamed into place (the commit), and JSON documents sit beside them.
@@ -24,6 +27,7 @@ A single HDF5 file is not kill -9 safe, which is why the HDF5 form is one file p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -38,6 +42,7 @@ import numpy as np
 from emocache.config import StoreConfig
 
 TIMES = "times"
+log = logging.getLogger("emocache.store")
 
 
 @dataclass
@@ -119,6 +124,8 @@ class ZarrBackend:
 
     def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
         g = self.root.require_group(path)
+        if "://" in self.root_path:   # object storage has no lock: the age tells gc a live segment from a dead one
+            g.attrs.put({"committed": False, "started": time.time()})
         for name, a in arrays.items():
             # Edge chunks are stored full-size, so a small segment gets a chunk no bigger than itself.
             rows = min(_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), max(1, a.shape[0]))
@@ -168,6 +175,13 @@ class ZarrBackend:
         return (a.size > 0 and a.nchunks == 1 and tuple(a.metadata.chunk_grid.chunk_shape) == tuple(a.shape)
                 and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
                 and a.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little")
+
+    def row_counts(self, path: str) -> dict[str, int]:
+        """Rows (first dimension) of every array stored in the segment group at `path`."""
+        g = self._safe_open(path)
+        if g is None:
+            raise KeyError(f"{path}: segment group not readable")
+        return {name: int(a.shape[0]) for name, a in g.arrays()}
 
     def delete(self, path: str) -> None:
         from zarr.core.sync import sync
@@ -248,6 +262,10 @@ class HDF5Backend:
             out.append(self.read_rows(seg, name, lo, hi))
         return out
 
+    def row_counts(self, path: str) -> dict[str, int]:
+        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
+            return {name: int(f[name].shape[0]) for name in f if isinstance(f[name], self.h5py.Dataset)}
+
     def delete(self, path: str) -> None:
         import shutil
 
@@ -275,8 +293,12 @@ class StoreWriteError(OSError):
 # ---------------------------------------------------------------- the store
 class FeatureStore:
     def __init__(self, root: str | os.PathLike, fmt: str = "zarr", compressor: str = "none",
-                 chunk_mb: float = 8.0, storage_options: Optional[dict] = None):
+                 chunk_mb: float = 8.0, storage_options: Optional[dict] = None,
+                 remote_gc_age_s: Optional[float] = None):
         self.root = str(root)
+        self.remote_gc_age_s = StoreConfig().remote_gc_age_s if remote_gc_age_s is None else remote_gc_age_s
+        # (key, fingerprint) -> {segment: why it cannot be trusted}; filled while indexing
+        self.broken: dict[tuple[str, str], dict[str, str]] = {}
         self.format = fmt
         backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
         self.backend = backend(self.root, compressor, chunk_mb, storage_options)
@@ -289,11 +311,11 @@ class FeatureStore:
         if storage_options is None:  # params' store.storage_options (s3 endpoint etc.)
             storage_options = dict(store_cfg.storage_options) or None
         return cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
-                   store_cfg.chunk_mb, storage_options)
+                   store_cfg.chunk_mb, storage_options, store_cfg.remote_gc_age_s)
 
     # -- metadata
     def keys(self) -> list[str]:
-        return [k for k in self.backend.children("") if not k.startswith("_")]
+        return [k for k in self.backend.children("") if not k.startswith(("_", "."))]   # '.writer.lock' is no key
 
     def current_fingerprint(self, key: str) -> Optional[str]:
         doc = self.backend.get_doc(key) or {}
@@ -342,8 +364,14 @@ class FeatureStore:
     def segments(self, key: str, fingerprint: str) -> tuple[dict[str, dict], list[str]]:
         """(committed segment -> index doc, uncommitted segment names)."""
         committed, pending = {}, []
+        broken = self.broken.setdefault((key, fingerprint), {})
         for seg in self.backend.children(f"{key}/{fingerprint}"):
-            doc = self.backend.get_doc(f"{key}/{fingerprint}/{seg}")
+            try:
+                doc = self.backend.get_doc(f"{key}/{fingerprint}/{seg}")
+            except Exception as e:   # e.g. a damaged .h5 file: reported, never trusted
+                self._report_broken(key, fingerprint, seg, f"unreadable ({type(e).__name__}: {e})")
+                continue
+            broken.pop(seg, None)
             if doc and doc.get("committed"):
                 committed[seg] = doc["index"]
             else:
@@ -356,6 +384,7 @@ class FeatureStore:
         if refresh or cache_key not in self._index_cache:
             idx: dict[str, Entry] = {}
             committed, _ = self.segments(key, fp)
+            committed = self._verified(key, fp, committed)
             self._arrays_cache[cache_key] = {seg: doc.get("arrays", []) for seg, doc in committed.items()}
             for seg in sorted(committed):  # later segments win for a clip committed twice
                 doc = committed[seg]
@@ -364,15 +393,60 @@ class FeatureStore:
             self._index_cache[cache_key] = idx
         return self._index_cache[cache_key]
 
+    def _verified(self, key: str, fp: str, committed: dict[str, dict]) -> dict[str, dict]:
+        """The committed segments whose arrays exist with as many rows as their index says."""
+        ok = {}
+        for seg, doc in committed.items():
+            total = int(sum(doc["lengths"]))
+            try:
+                counts = self.backend.row_counts(f"{key}/{fp}/{seg}")
+            except Exception as e:
+                self._report_broken(key, fp, seg, f"arrays unreadable ({type(e).__name__}: {e})")
+                continue
+            bad = [f"{n!r} missing" if n not in counts else f"{n!r} has {counts[n]} rows, index says {total}"
+                   for n in [*doc.get("arrays", []), TIMES] if counts.get(n) != total]
+            if bad:
+                self._report_broken(key, fp, seg, "; ".join(bad))
+            else:
+                ok[seg] = doc
+        return ok
+
+    def _report_broken(self, key: str, fp: str, seg: str, why: str) -> None:
+        seen = self.broken.setdefault((key, fp), {})
+        if seg not in seen:
+            log.warning("store %s: segment %s/%s/%s is broken (%s); its clips count as missing and are "
+                        "extracted again", self.root, key, fp, seg, why)
+        seen[seg] = why
+
     def has(self, key: str, fingerprint: str) -> set[str]:
         return set(self.index(key, fingerprint, refresh=True))
 
     def gc_uncommitted(self, key: str, fingerprint: str) -> int:
-        """Delete segments a killed writer left without an index. Only call with no other writer active."""
+        """Delete segments no live writer can still commit, and broken ones.
+
+        Call only while holding the store's writer lock (pipeline/store_lock.py): then every other writer
+        of a local store is dead. Object storage has no lock, so there an uncommitted segment is deleted
+        only once it is older than `remote_gc_age_s` (a live writer commits a segment within seconds)."""
         _, pending = self.segments(key, fingerprint)
-        for seg in pending:
+        self.index(key, fingerprint, refresh=True)          # fills self.broken
+        if "://" in self.root:
+            pending = [seg for seg in pending if self._age_s(f"{key}/{fingerprint}/{seg}", seg) > self.remote_gc_age_s]
+        doomed = [*pending, *self.broken.get((key, fingerprint), {})]
+        for seg in doomed:
             self.backend.delete(f"{key}/{fingerprint}/{seg}")
-        return len(pending) + self.backend.remove_partial_files(f"{key}/{fingerprint}")
+        self.broken.pop((key, fingerprint), None)
+        self._index_cache.pop((key, fingerprint), None)
+        partial = self.backend.remove_partial_files(f"{key}/{fingerprint}") if "://" not in self.root else 0
+        return len(doomed) + partial
+
+    def _age_s(self, path: str, seg: str) -> float:
+        """Seconds since the segment's writer started it. Writers mark that first on object storage; a
+        segment without the mark was never started by a live writer of this version: collectable."""
+        try:
+            started = (self.backend.get_doc(path) or {}).get("started")
+        except Exception:
+            started = None
+        return float("inf") if started is None else time.time() - float(started)
 
     # -- write
     def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:

@@ -50,3 +50,81 @@ def make_config(tmp_path):
         return Config.model_validate(_deep_merge(raw, overrides))
 
     return _make
+
+
+# ---------------------------------------------------------------- what ffmpeg opens (strace)
+class FfmpegTrace:
+    """Every file an ffmpeg process started by pipeline.media opened or tried to open (strace -f)."""
+
+    SYSTEM = ("/lib", "/usr/", "/etc/ld.so", "/proc/", "/sys/", "/dev/")
+
+    def __init__(self, log_dir: Path, real: str):
+        self.log_dir = log_dir
+        self.real = real          # the ffmpeg binary being traced
+
+    def _paths(self, syscalls: tuple[str, ...]) -> list[str]:
+        import re
+
+        out = []
+        pat = re.compile(r"\b(" + "|".join(syscalls) + r")\((?:AT_FDCWD, )?\"((?:\\x[0-9a-f]{2})*)\"")
+        for log in sorted(self.log_dir.glob("trace.*")):
+            for line in log.read_text(errors="replace").splitlines():
+                m = pat.search(line)
+                if m:
+                    out.append(os.fsdecode(bytes.fromhex(m[2].replace("\\x", ""))))
+        return out
+
+    def opened(self) -> list[str]:
+        """Non-system paths passed to open/openat/creat (successful or not)."""
+        import re
+
+        shared_lib = re.compile(r"\.so(\.\d+)*$")   # the dynamic loader's search (LD_LIBRARY_PATH entries)
+        return [p for p in self._paths(("open", "openat", "openat2", "creat"))
+                if not p.startswith(self.SYSTEM) and not shared_lib.search(p)]
+
+    def executed(self) -> list[str]:
+        return self._paths(("execve",))
+
+    def calls(self) -> int:
+        return len(list(self.log_dir.glob("trace.*")))
+
+    def reset(self) -> None:
+        for log in self.log_dir.glob("trace.*"):
+            log.unlink()
+
+
+def start_ffmpeg_trace(log_dir: Path):
+    """(FfmpegTrace with .wrapper to use as pipeline.media's ffmpeg, None) or (None, why strace cannot be used)."""
+    import shutil
+    import subprocess
+
+    from pipeline import media
+
+    strace = shutil.which("strace")
+    if not strace:
+        return None, "strace not installed: cannot trace what ffmpeg opens"
+    probe = subprocess.run([strace, "-qq", "-o", os.devnull, "true"], capture_output=True, stdin=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        return None, f"strace cannot trace here (ptrace not permitted?): {probe.stderr.decode()[-200:]}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    real = media.ffmpeg_exe()
+    wrapper = log_dir / "ffmpeg-traced"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"exec '{strace}' -f -qq -xx -s 4096 -e trace=open,openat,openat2,creat,execve "
+                       f"-o '{log_dir}/trace.'$$ '{real}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    trace = FfmpegTrace(log_dir, real)
+    trace.wrapper = str(wrapper)
+    return trace, None
+
+
+@pytest.fixture
+def ffmpeg_trace(tmp_path, monkeypatch):
+    """Route pipeline.media's ffmpeg through `strace -f`; skipped (with the reason) where strace cannot trace."""
+    from pipeline import media
+
+    trace, why = start_ffmpeg_trace(tmp_path / "ffmpeg_traces")
+    if trace is None:
+        pytest.skip(why)
+    monkeypatch.setattr(media, "ffmpeg_exe", lambda: trace.wrapper)
+    return trace

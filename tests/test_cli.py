@@ -334,3 +334,25 @@ def test_results_table_flags_untrained_features(repo):
     assert res.exit_code == 0, res.output
     lines = {ln.split()[0]: ln for ln in res.output.splitlines()[1:] if ln.strip()}
     assert "NO: vggish" in lines["ravdess_vggish_mlp"] and lines["ravdess_egemaps_mlp"].rstrip().endswith("yes")
+
+
+def test_predict_reads_only_the_named_file(project, trained, tmp_path, ffmpeg_trace):
+    """`predict` probes and decodes through the same confinement as extraction: a playlist that would make
+    ffmpeg read a file elsewhere is refused, and the traced ffmpeg processes opened nothing else."""
+    import subprocess
+
+    from pipeline import media
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    subprocess.run([ffmpeg_trace.real, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=f=300:sample_rate=16000:duration=2", "-c:a", "mp2", "-f", "mpegts",
+                    str(outside / "secret.ts")], check=True, stdin=subprocess.DEVNULL, timeout=60)
+    playlist = tmp_path / "in" / "talk.m3u8"
+    playlist.parent.mkdir()
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n../outside/secret.ts\n#EXT-X-ENDLIST\n")
+    res = run("predict", playlist, "--head", "rav_egemaps", "--params", project / "params.yaml",
+              "--models", project / "models", "--out", tmp_path, ok=False)
+    assert res.exit_code == 1 and "not a plain media container" in res.stderr, res.stderr
+    assert ffmpeg_trace.calls() >= 1 and set(ffmpeg_trace.opened()) == {str(playlist)}
+    assert media.ffmpeg_exe() != ffmpeg_trace.real        # the traced wrapper was what ran

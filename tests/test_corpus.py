@@ -77,25 +77,32 @@ def run(corpus):
         "base_dir": str(out), "store": {"dir": str(out / "cache"), "flush_clips": 4},
         "weights": {"dir": str(out / "weights"), "allow_untrained": ["vggish", "swin"]},
         "runtime": {"device": "cpu", "num_threads": 1, "batch_clips": 4},
-        "media": {"decode_fps": 5.0, "max_side": 320},
+        "media": {"decode_fps": 5.0, "max_side": 320, "max_clip_seconds": 30},
         "extractors": {"text": {"model": "minilm-bundled"},
                        "video": {"frames_per_clip": 8, "detector": {"kind": "face"}}},
         "datasets": {"corpus": {
             "adapter": "csv", "root": str(out / "media"), "manifest": str(manifest), "labels": mc.LABELS,
             "text_fields": {"transcript": "transcript"}, "split": {"method": "random", "val": 0.0, "test": 0.3},
             "extractors": list(mc.EXTRACTORS)}}})
+    from conftest import start_ffmpeg_trace
+    from pipeline import media
+
+    trace, no_trace = start_ffmpeg_trace(out / "ffmpeg_traces")   # what every ffmpeg process opened
     _arm_audit()
     crashes = []
     try:
-        listing = list_dataset(cfg, "corpus")
-        summary = extract(cfg, ["corpus"], show_progress=False)
+        with pytest.MonkeyPatch.context() as mp:
+            if trace is not None:
+                mp.setattr(media, "ffmpeg_exe", lambda: trace.wrapper)
+            listing = list_dataset(cfg, "corpus")
+            summary = extract(cfg, ["corpus"], show_progress=False)
     except Exception as e:  # a crash of the run: reported by the tests, not raised from the fixture
         crashes.append(f"{type(e).__name__}: {e}")
         listing = summary = None
     finally:
         audit, _AUDIT = _AUDIT, None
     return {"cfg": cfg, "out": out, "manifest": manifest, "listing": listing, "summary": summary,
-            "audit": audit, "crashes": crashes}
+            "audit": audit, "crashes": crashes, "trace": trace, "no_trace": no_trace}
 
 
 def _stores(cfg: Config) -> dict[str, FeatureStore]:
@@ -150,7 +157,7 @@ def test_listing_refuses_bad_rows_naming_the_line(run):
         assert listed == case.listed, f"{case.name}: listed={listed}"
         if case.problem:
             assert case.problem in problems.get(src, ""), f"{case.name}: problems at {src}: {problems.get(src)}"
-        if not case.listed and case.path and (".." in case.path or case.path.startswith("/")):
+        if not case.listed and case.path and (os.path.normpath(case.path).startswith("..") or case.path.startswith("/")):
             assert "outside the dataset root" in problems[src]
     dup = next(c for c in mc.CASES if c.make is mc._dup)
     first, second = _source(run, dup), f"{run['manifest']}:{mc.manifest_line(dup) + 1}"
@@ -238,6 +245,18 @@ def test_nothing_outside_the_root_was_opened(run):
     # the audit saw the real work (so an empty list above means something)
     assert any(kind == "exec" and "ffmpeg" in what for kind, what in run["audit"])
     assert any(kind == "open" and what.endswith("manifest.csv") for kind, what in run["audit"])
+
+
+def test_ffmpeg_opened_only_listed_media_inside_the_root(run):
+    """Playlists, manifests and concat lists must not make ffmpeg open anything else (strace of every call)."""
+    if run["trace"] is None:
+        pytest.skip(run["no_trace"])
+    root = run["out"] / "media"
+    listed = {os.path.realpath(root / c.path) for c in run["listing"].clips if c.path}
+    opened = {os.path.realpath(p) for p in run["trace"].opened()}
+    assert opened, "the trace saw no ffmpeg open at all"
+    assert opened <= listed, f"ffmpeg opened files that are not listed media: {sorted(opened - listed)}"
+    assert not any("outside" in os.path.relpath(os.path.realpath(p), run["out"]) for p in opened)
 
 
 def test_docs_table_matches_the_corpus(repo):

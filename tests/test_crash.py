@@ -21,13 +21,13 @@ KEYS = ["egemaps", "egemaps_lld"]
 N_CLIPS = 16
 
 
-def _write_params(tmp_path, shared_data, name) -> str:
+def _write_params(tmp_path, shared_data, name, n_clips: int = N_CLIPS) -> str:
     d = tmp_path / name
     d.mkdir()
     media = tmp_path / "media"
     if not media.exists():
         media.mkdir()
-        for f in sorted((shared_data / "ravdess_subset" / "Actor_02").glob("*.wav"))[:N_CLIPS]:
+        for f in sorted((shared_data / "ravdess_subset" / "Actor_02").glob("*.wav"))[:n_clips]:
             (media / f.name).write_bytes(f.read_bytes())
     params = {"store": {"dir": "cache", "flush_clips": 2},
               "runtime": {"batch_clips": 2},

@@ -34,9 +34,15 @@ def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None)
         try:
             if c.path:
                 media = resolve_inside(root, c.path, c.source)
-                if not media.is_file():
-                    raise DatasetError(f"{c.source}: media file not found: {media}")
+                try:   # strict: 'nosuchdir/../x.wav' must not pass because x.wav exists
+                    (root / c.path).resolve(strict=True)
+                    is_file = media.is_file()
+                except OSError:
+                    is_file = False
+                if not is_file:
+                    raise DatasetError(f"{c.source}: {_not_a_file(root / c.path, media)}")
                 c.media_sha256 = hashes.sha256(media)
+                c.media_size, c.media_mtime_ns = hashes.stat_of(media)
             elif not any(v for v in c.text.values()):
                 raise DatasetError(f"{c.source}: clip has neither a media path nor any text")
             if c.end is not None and c.end <= c.start:
@@ -65,6 +71,25 @@ def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None)
     return DatasetListing(name, clips, vocab, multilabel, problems)
 
 
+def _not_a_file(listed: Path, resolved: Path) -> str:
+    """Why a listed path is no media file: missing, a folder, a FIFO, or under a folder that does not exist."""
+    import stat
+
+    missing_dir = next((p for p in reversed(listed.parents) if not p.exists()), None)
+    if missing_dir is not None and resolved.exists():
+        return f"media path {listed} goes through {missing_dir}, which does not exist"
+    if not resolved.exists():
+        return f"media file not found: {resolved}"
+    mode = resolved.stat().st_mode
+    kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+    return f"media path {resolved} is {kind}, not a media file"
+
+
+# Every column of the clip table, so a dataset with no clips still has a readable (header-only) table.
+TABLE_COLUMNS = ["clip_id", "dataset", "path", "start", "end", "split", "group", "labels", "media_sha256",
+                 "annotation", "source", "media_size", "media_mtime_ns"]
+
+
 def listing_paths(cfg: Config, name: str) -> tuple[Path, Path]:
     d = cfg.path(cfg.store.tables_dir)
     return d / f"{name}.csv", d / f"{name}.json"
@@ -75,19 +100,30 @@ def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
     table, summary = listing_paths(cfg, listing.name)
     table.parent.mkdir(parents=True, exist_ok=True)
     rows = clip_table_rows(listing)
-    tmp = table.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        fields = list(rows[0]) if rows else ["clip_id", "dataset", "path", "split", "labels"]
+    fields = list(rows[0]) if rows else TABLE_COLUMNS
+    doc = {**listing.summary(), "dataset_root": str(cfg.path(cfg.dataset(listing.name).root)),
+           "problems": [p.__dict__ for p in listing.problems]}
+
+    def write_table(f) -> None:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, table)
-    doc = {**listing.summary(), "dataset_root": str(cfg.path(cfg.dataset(listing.name).root)),
-           "problems": [p.__dict__ for p in listing.problems]}
-    tmp = summary.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
-    os.replace(tmp, summary)
+
+    _atomic_write(table, write_table, newline="")
+    _atomic_write(summary, lambda f: f.write(json.dumps(doc, indent=1, ensure_ascii=False)))
     return table, summary
+
+
+def _atomic_write(path: Path, write, **open_kw) -> None:
+    """Write via a temp file renamed into place; the temp file never outlives a failure (disk full...)."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", **open_kw) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_clip_table(cfg: Config, name: str):

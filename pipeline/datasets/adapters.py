@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -48,10 +49,31 @@ def read_table(path: Path, delimiter: Optional[str] = None,
         bad_bytes = True
     delim = delimiter or ("\t" if path.suffix.lower() in {".tsv", ".tab"} else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    dup = sorted({c for c in reader.fieldnames or () if (reader.fieldnames or []).count(c) > 1})
+    if dup:   # csv.DictReader would silently keep the last one
+        raise DatasetError(f"{path}:1: duplicated header column(s) {dup}")
     good, skipped = [], []
-    line = 1
-    for row in reader:
-        line, start = reader.line_num, line + 1   # a quoted field may span lines: report where the row starts
+    rows = iter(reader)
+    last = 1                                   # physical line where the previous row ended
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:                 # e.g. a field over csv's 128 KB limit: that row only
+            skipped.append(Problem(dataset, f"{path}:{last + 1}", None, f"{path}:{last + 1}: {e} (row skipped)"))
+            continue
+        values = [v for v in row.values() if isinstance(v, str)]
+        # a quoted field may span lines: the row starts that many lines before where the reader stands
+        # (a field an unclosed quote ran to the end of the file also holds the last line's newline)
+        start = reader.line_num - sum(v.count("\n") - v.endswith("\n") for v in values)
+        last = reader.line_num
+        merged = _swallowed_rows(values, delim, len(reader.fieldnames or ()))
+        if merged:
+            skipped.append(Problem(dataset, f"{path}:{start}", _clean(row.get("path")),
+                                   f"{path}:{start}: unbalanced quote: the row runs to line {last} and holds "
+                                   f"{merged} line(s) that look like rows of their own (row skipped; close the quote)"))
+            continue
         if bad_bytes and any(_has_surrogate(v) for v in [*row.values(), *row.keys()] if isinstance(v, str)):
             skipped.append(Problem(dataset, f"{path}:{start}", _clean(row.get("path")),
                                    f"{path}:{start}: not valid UTF-8 (row skipped; save the manifest as UTF-8)"))
@@ -61,7 +83,16 @@ def read_table(path: Path, delimiter: Optional[str] = None,
         raise DatasetError(first_msg)
     if problems is not None:
         problems.extend(skipped)
+    elif skipped:                              # no way to report per row: the first bad row refuses the file
+        raise DatasetError(skipped[0].reason)
     yield from good
+
+
+def _swallowed_rows(values: list[str], delim: str, n_cols: int) -> int:
+    """Lines inside a multi-line field that have a row's worth of delimiters: an unclosed quote ate them."""
+    if n_cols < 2:
+        return 0
+    return sum(1 for v in values if "\n" in v for ln in v.split("\n")[1:] if ln.count(delim) >= n_cols - 1)
 
 
 def _has_surrogate(s: str) -> bool:
@@ -76,9 +107,12 @@ def _float(v, source: str, col: str) -> Optional[float]:
     if v is None or str(v).strip() == "":
         return None
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise DatasetError(f"{source}: column {col!r} is not a number: {v!r}") from None
+    if not math.isfinite(x) or x < 0:   # 'nan', 'inf' and negative times parse as floats but are no bounds
+        raise DatasetError(f"{source}: column {col!r} must be a finite time >= 0 s, got {v!r}")
+    return x
 
 
 @adapter("csv")
@@ -88,8 +122,11 @@ def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem])
     manifest = Path(cfg.manifest)
     cols = {"path": "path", "start": "start", "end": "end", "labels": "labels", "split": "split",
             "group": "group", "target_box": "target_box", "target_time": "target_time", **cfg.columns}
-    clips = []
+    clips, checked = [], False
     for line, row in read_table(manifest, cfg.delimiter, problems, name):
+        if not checked:
+            _check_mapped_columns(manifest, row, cfg)
+            checked = True
         source = f"{manifest}:{line}"
         try:
             text = {field: (row.get(col) or None) for field, col in cfg.text_fields.items()}
@@ -108,6 +145,16 @@ def list_csv(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem])
         except (DatasetError, ValueError) as e:
             problems.append(Problem(name, source, row.get(cols["path"]), str(e)))
     return clips
+
+
+def _check_mapped_columns(manifest: Path, row: dict, cfg: DatasetConfig) -> None:
+    """A column params.yaml maps explicitly (`columns:` role -> name) must exist in the manifest header."""
+    mapped = {f"columns.{k}": v for k, v in cfg.columns.items()}
+    missing = {k: v for k, v in mapped.items() if v not in row}
+    if missing:
+        raise DatasetError(f"{manifest}: mapped column(s) not in the header: "
+                           + ", ".join(f"{k} -> {v!r}" for k, v in missing.items())
+                           + f"; header: {[c for c in row if c is not None]}")
 
 
 def _norm_split(s: Optional[str]) -> Optional[str]:
@@ -161,9 +208,11 @@ def parse_ravdess_name(stem: str) -> dict:
 def list_ravdess(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
     clips = []
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in cfg.extensions:
+        if not p.is_file() or p.suffix.lower() not in cfg.extensions or _hidden(p, root):
             continue
         rel = str(p.relative_to(root))
+        if _bad_name(rel, name, problems):
+            continue
         try:
             meta = parse_ravdess_name(p.stem)
         except DatasetError as e:
@@ -178,9 +227,30 @@ def list_ravdess(name: str, cfg: DatasetConfig, root: Path, problems: list[Probl
 @adapter("folder")
 def list_folder(name: str, cfg: DatasetConfig, root: Path, problems: list[Problem]) -> list[Clip]:
     clips = []
-    for class_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+    for class_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if _bad_name(class_dir.name, name, problems):
+            continue
+        n = len(clips)
         for p in sorted(class_dir.rglob("*")):
-            if p.is_file() and p.suffix.lower() in cfg.extensions:
+            if p.is_file() and p.suffix.lower() in cfg.extensions and not _hidden(p, root):
                 rel = str(p.relative_to(root))
-                clips.append(Clip(dataset=name, path=rel, labels=[class_dir.name], group=None, source=rel))
+                if not _bad_name(rel, name, problems):
+                    clips.append(Clip(dataset=name, path=rel, labels=[class_dir.name], group=None, source=rel))
+        if len(clips) == n:
+            problems.append(Problem(name, class_dir.name, None, f"class folder {class_dir.name!r} holds no media "
+                                    f"({', '.join(cfg.extensions)}): no class"))
     return clips
+
+
+def _hidden(p: Path, root: Path) -> bool:
+    """Hidden files and folders (.ipynb_checkpoints, macOS '._x.mp4' resource forks) are not data."""
+    return any(part.startswith(".") for part in p.relative_to(root).parts)
+
+
+def _bad_name(rel: str, dataset: str, problems: list[Problem]) -> bool:
+    """A file name that is not valid UTF-8 cannot go into the (UTF-8) clip table: a problem of its own."""
+    if not _has_surrogate(rel):
+        return False
+    shown = _clean(rel)
+    problems.append(Problem(dataset, shown, None, f"{shown}: file name is not valid UTF-8 (rename the file)"))
+    return True

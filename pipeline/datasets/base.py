@@ -37,6 +37,8 @@ class Clip:
     media_sha256: Optional[str] = None
     native_key: Optional[str] = None         # the dataset's own id (MELD 'train/dia3_utt1'): keeps text-only clips apart
     clip_id: Optional[str] = None
+    media_size: Optional[int] = None         # size and mtime of the file hashed at listing: checked again when
+    media_mtime_ns: Optional[int] = None     # it is opened for decoding (a file swapped since is refused)
 
 
 @dataclass
@@ -76,8 +78,13 @@ class DatasetError(ValueError):
 # ---------------------------------------------------------------- paths and hashes
 def resolve_inside(root: Path, rel: str, source: str) -> Path:
     """The media path, refusing anything that resolves outside the dataset root."""
+    if "\x00" in rel:
+        raise DatasetError(f"{source}: path {rel!r} contains a NUL byte")
     root_r = root.resolve()
-    p = (root / rel).resolve()
+    try:
+        p = (root / rel).resolve()
+    except RuntimeError:   # Python's word for a symlink loop
+        raise DatasetError(f"{source}: path {rel!r} is a symlink loop") from None
     if root_r != p and root_r not in p.parents:
         raise DatasetError(f"{source}: path {rel!r} resolves outside the dataset root {root}")
     return p
@@ -105,12 +112,21 @@ class HashCache:
         self.data[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         return digest
 
+    def stat_of(self, p: Path) -> tuple[Optional[int], Optional[int]]:
+        """(size, mtime_ns) the file had when it was hashed."""
+        hit = self.data.get(str(p)) or {}
+        return hit.get("size"), hit.get("mtime_ns")
+
     def save(self) -> None:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.data))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(self.data))
+                os.replace(tmp, self.path)
+            except BaseException:   # disk full: no temp file left behind
+                tmp.unlink(missing_ok=True)
+                raise
 
 
 def clip_id_for(media_sha256: Optional[str], start: float, end: Optional[float],
@@ -198,7 +214,9 @@ def clip_table_rows(listing: DatasetListing) -> list[dict]:
         row = {"clip_id": c.clip_id, "dataset": c.dataset, "path": c.path or "", "start": c.start,
                "end": "" if c.end is None else c.end, "split": c.split, "group": c.group or "",
                "labels": "|".join(c.labels), "media_sha256": c.media_sha256 or "",
-               "annotation": json.dumps(c.annotation) if c.annotation else "", "source": c.source}
+               "annotation": json.dumps(c.annotation) if c.annotation else "", "source": c.source,
+               "media_size": "" if c.media_size is None else c.media_size,
+               "media_mtime_ns": "" if c.media_mtime_ns is None else c.media_mtime_ns}
         for f in fields:
             row[f"text_{f}"] = d["text"].get(f) or ""
         rows.append(row)

@@ -29,14 +29,19 @@ class _VideoExtractor(Extractor):
 
     def decode_params(self) -> dict:
         # outputs are in decoded-frame pixels/indices, so the decode settings change them
-        return {"decode_fps": self.cfg.media.decode_fps, "max_side": self.cfg.media.max_side}
+        return {"decode_fps": self.cfg.media.decode_fps, "max_side": self.cfg.media.max_side,
+                "max_frames": self.cfg.media.max_frames}
 
-    def frame_span(self) -> float:
+    def frame_span(self, clip: Optional[ClipInput] = None) -> float:
+        """One decoded frame's time: 1 / decode_fps, or longer for a clip sampled down to media.max_frames."""
+        t = None if clip is None else clip.frame_times
+        if t is not None and len(t) > 1:
+            return float(t[1] - t[0])
         return 1.0 / self.cfg.media.decode_fps
 
     def frame_times(self, clip: ClipInput, idx: np.ndarray) -> np.ndarray:
         t = np.asarray(clip.frame_times, dtype=np.float64)[idx]
-        return np.column_stack([t, t + self.frame_span()])
+        return np.column_stack([t, t + self.frame_span(clip)])
 
     @staticmethod
     def frames_of(clip: ClipInput) -> np.ndarray:
@@ -160,7 +165,7 @@ class TracksExtractor(_VideoExtractor):
         if len(rows) == 0:   # not a failure: the clip has nobody the detector finds (or no track confirmed)
             attrs["reason"] = "no_person" if n_det == 0 else "no_confirmed_track"
         return ClipFeatures(arrays={"features": rows, "target": target},
-                            times=np.column_stack([t, t + self.frame_span()]), attrs=attrs)
+                            times=np.column_stack([t, t + self.frame_span(clip)]), attrs=attrs)
 
 
 @register

@@ -152,6 +152,68 @@ def _symlink(root, outside, shared):
     os.symlink(os.path.relpath(outside / "secret.wav", root), root / "link_to_outside.wav")
 
 
+def _secret_ts(outside: Path, shared: Path) -> str:
+    """Real media OUTSIDE the root in a container every playlist format accepts; returns its name."""
+    outside.mkdir(parents=True, exist_ok=True)
+    if not (outside / "secret.ts").exists():
+        ffmpeg("-ss", "2", "-t", "2", "-i", str(shared / HAMILTON), "-c:v", "mpeg2video", "-vf", "scale=320:-2",
+               "-c:a", "mp2", "-f", "mpegts", str(outside / "secret.ts"))
+    return "secret.ts"
+
+
+_HLS = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n"
+
+
+def _hls(root, outside, shared):
+    (root / "playlist.m3u8").write_text(_HLS.format(f"../outside/{_secret_ts(outside, shared)}"))
+
+
+def _dash(root, outside, shared):
+    (root / "manifest.mpd").write_text(
+        '<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        'mediaPresentationDuration="PT2S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">'
+        '<Period><AdaptationSet mimeType="video/mp2t"><Representation id="1" bandwidth="1000">'
+        f'<BaseURL>../outside/{_secret_ts(outside, shared)}</BaseURL></Representation></AdaptationSet></Period></MPD>\n')
+
+
+def _ffconcat(root, outside, shared):
+    # concat's own "safe" mode refuses '..' but not a plain name that is a symlink leading out
+    os.symlink(outside / _secret_ts(outside, shared), root / "inner_link.ts")
+    (root / "list.ffconcat").write_text("ffconcat version 1.0\nfile 'inner_link.ts'\n")
+
+
+def _fifo_playlist(root, outside, shared):
+    outside.mkdir(parents=True, exist_ok=True)
+    if not (outside / "fifo.ts").exists():
+        os.mkfifo(outside / "fifo.ts")     # ffmpeg opening it would block until media.ffmpeg_timeout_s
+    (root / "fifo.m3u8").write_text(_HLS.format("../outside/fifo.ts"))
+
+
+def _rotated(root, outside, shared):
+    """Pixels stored turned 90 degrees clockwise, a display matrix turning them back (a phone video)."""
+    turned = root / ".turned.mp4"
+    ffmpeg("-i", str(shared / SINGLE_FACE), "-t", "2", "-c:v", "mpeg4", "-q:v", "6",
+           "-vf", "scale=320:-2,transpose=clock", "-an", str(turned))
+    ffmpeg("-display_rotation", "90", "-i", str(turned), "-c", "copy", str(root / "rotated.mp4"))
+    turned.unlink()
+
+
+def _long(root, outside, shared):
+    # 40 s by looping the 10 s clip with stream copy; the corpus run sets media.max_clip_seconds to 30
+    ffmpeg("-stream_loop", "3", "-i", str(shared / HAMILTON), "-c", "copy", "-t", "40", str(root / "long_40s.mp4"))
+
+
+def _symlink_loop(root, outside, shared):
+    if not (root / "loop_a.mp4").is_symlink():
+        os.symlink("loop_b.mp4", root / "loop_a.mp4")
+        os.symlink("loop_a.mp4", root / "loop_b.mp4")
+
+
+def _fifo_in_root(root, outside, shared):
+    if not (root / "fifo.wav").exists():
+        os.mkfifo(root / "fifo.wav")
+
+
 def _past_end(root, outside, shared):
     cut_av(shared / SINGLE_FACE, root / "segment_past_end.mp4", 0.5, 1.5)
 
@@ -223,10 +285,45 @@ CASES: list[Case] = [
          start="1", end="2.4", labels="ecstatic", problem="unknown label"),
     Case("the same clip listed twice", "listed_twice.flac", _all("rows", "rows", "empty"),
          "listed once (dataset problem 'duplicate of <first line>'), extracted once", _dup),
+    Case("HLS playlist (.m3u8) pointing outside the root", "playlist.m3u8", _all("failed", "rows", "failed"),
+         "ffmpeg runs with `-protocol_whitelist file` and a container demuxer whitelist: the playlist is refused "
+         "('not a plain media container'); the file it names is never opened (strace test)", _hls),
+    Case("DASH manifest (.mpd) pointing outside the root", "manifest.mpd", _all("failed", "rows", "failed"),
+         "refused by the demuxer whitelist ('not a plain media container'); nothing it names is opened", _dash),
+    Case("ffconcat list naming a symlink that leads out", "list.ffconcat", _all("failed", "rows", "failed"),
+         "refused by the demuxer whitelist ('not a plain media container'); nothing it names is opened", _ffconcat),
+    Case("playlist pointing at a FIFO", "fifo.m3u8", _all("failed", "rows", "failed"),
+         "refused at once by the demuxer whitelist; the FIFO is never opened, so nothing blocks until the timeout",
+         _fifo_playlist),
+    Case("rotated video (display matrix, 90 degrees)", "rotated.mp4", _all("empty", "rows", "rows"),
+         "decoded upright at its displayed size (ffmpeg auto-rotates; the probe reads the display matrix), not "
+         "squashed; no audio stream: audio empty", _rotated),
+    Case("clip longer than media.max_clip_seconds (40 s, limit 30 s)", "long_40s.mp4",
+         _all("failed", "rows", "failed"),
+         "recorded as failed ('over media.max_clip_seconds'), nothing decoded; a film cannot take the run down",
+         _long),
+    Case("symlink loop", "loop_a.mp4", SKIPPED, "refused at listing: 'is a symlink loop' (file:line)",
+         _symlink_loop, listed=False, problem="symlink loop"),
+    Case("FIFO named like media", "fifo.wav", SKIPPED, "refused at listing: 'is a FIFO, not a media file'",
+         _fifo_in_root, listed=False, problem="is a FIFO"),
+    Case("NUL byte in a path", None, SKIPPED, "refused at listing: 'contains a NUL byte' (file:line)",
+         raw_row=b"ok\x00av.mp4,,,happy,nul\n", listed=False, problem="NUL byte"),
+    Case("text field over 128 KB", None, SKIPPED,
+         "that row is refused at listing ('field larger than field limit', file:line); the other rows are listed",
+         raw_row=b"stereo_48k.wav,,,happy," + b"y" * 140_000 + b"\n", listed=False, problem="field larger"),
+    Case("path through a folder that does not exist", "nosuchdir/../ok_av.mp4", SKIPPED,
+         "refused at listing: 'goes through .../nosuchdir, which does not exist'", listed=False,
+         problem="which does not exist"),
     Case("row with neither media nor text", None, SKIPPED,
          "refused at listing: 'clip has neither a media path nor any text'", transcript="", listed=False,
          problem="neither a media path nor any text"),
 ]
+# An unclosed quote: its row swallows the next line. Last, so the line numbers of the cases above hold.
+CASES.append(Case("unbalanced quote (swallows the next row)", None, SKIPPED,
+                  "detected: the row holding lines that look like rows is refused ('unbalanced quote', file:line, "
+                  "the lines it ran to); nothing is merged silently",
+                  raw_row=b'ok_av.mp4,,,happy,"unclosed quote\nstereo_8k.wav,,,sad,swallowed\n', listed=False,
+                  problem="unbalanced quote"))
 # The second listing of 'listed_twice.flac': a dataset problem, not a second clip.
 DUPLICATE_ROW = {"path": "listed_twice.flac", "start": "", "end": "", "labels": "sad", "transcript": "a short line"}
 

@@ -1,0 +1,132 @@
+"""Peak memory of extracting one long clip, against its length: must be flat (goal: within 1.2x, 1 to 60 min).
+
+    .venv/bin/python benchmarks/memory.py                  # 1/10/60 min 720p video, 1 h audio, and the baseline
+    .venv/bin/python benchmarks/memory.py --minutes 1 10   # shorter
+
+The media are generated with ffmpeg's lavfi sources into a temp dir (nothing is committed): one minute of
+1280x720 testsrc video (MPEG-4, 5 fps), looped by stream copy to 10 and 60 minutes, and an hour of 16 kHz
+tone. Each extraction is a fresh `pipeline.runner.extract` process on a one-clip dataset; its peak RSS is
+the child's ru_maxrss. Video: the `mobilenet` frame encoder (decode at media.decode_fps, T sampled frames),
+with media.max_frames as in params; the baseline is the same run with max_frames off (every frame at
+decode_fps decoded and held, as before), measured in the same run at 1 and 3 minutes (more would not fit
+a shared machine). Audio: egemaps + VGGish (untrained allowed: same cost) on the hour.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def ffmpeg(*args: str) -> None:
+    from pipeline.media import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True,
+                   stdin=subprocess.DEVNULL, timeout=1800)
+
+
+def make_media(d: Path, minutes: list[float], audio_minutes: float) -> dict:
+    one = d / "video_1min.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=1280x720:rate=5", "-t", "60", "-c:v", "mpeg4", "-q:v", "31",
+           "-g", "250", str(one))
+    out = {}
+    for m in sorted(set(minutes) | {1, 3}):
+        p = one if m == 1 else d / f"video_{m:g}min.mp4"
+        if m != 1:   # loop the minute by stream copy: long files without encoding them
+            ffmpeg("-stream_loop", str(int(m) - 1), "-i", str(one), "-c", "copy", "-t", str(60 * m), str(p))
+        out[f"video_{m:g}"] = p
+    if audio_minutes:
+        out["audio"] = d / "audio.wav"
+        ffmpeg("-f", "lavfi", "-i", "sine=f=220:sample_rate=16000", "-t", str(60 * audio_minutes),
+               "-c:a", "pcm_s16le", str(out["audio"]))
+    return out
+
+
+def child(kind: str, media: str, work: str, max_frames: int) -> None:
+    """One extraction (in its own process, so ru_maxrss is this run's peak)."""
+    import csv
+
+    from emocache.config import Config
+    from pipeline.runner import extract
+
+    w = Path(work)
+    w.mkdir(parents=True, exist_ok=True)
+    with open(w / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "labels"], [Path(media).name, "x"]])
+    exts = ["mobilenet"] if kind == "video" else ["egemaps", "vggish"]
+    cfg = Config.model_validate({
+        "base_dir": str(w), "store": {"dir": str(w / "cache"), "tables_dir": str(w / "tables")},
+        "weights": {"dir": str(w / "weights"), "allow_untrained": ["vggish"]},
+        "runtime": {"device": "cpu", "num_threads": 2},
+        "media": {"max_frames": max_frames, "max_clip_seconds": 4 * 3600},
+        "extractors": {"video": {"frames_per_clip": 16}},
+        "datasets": {"bench": {"adapter": "csv", "root": str(Path(media).parent), "manifest": str(w / "manifest.csv"),
+                               "split": {"method": "random", "val": 0.0, "test": 0.0}, "extractors": exts}}})
+    s = extract(cfg, ["bench"], show_progress=False)
+    assert not s.failures, s.failures
+    print(json.dumps({k: v.done for k, v in s.stats.items()}))
+
+
+def measure(kind: str, media: Path, work: Path, max_frames: int) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of one extraction process."""
+    t0 = time.perf_counter()
+    log = work.with_suffix(".log")
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(media), str(work), str(max_frames)],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL,
+                                stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)     # this child's own rusage (ru_maxrss: its peak)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"extraction failed ({kind} {media.name}):\n{log.read_text(errors='replace')[-3000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    ap.add_argument("--audio-minutes", type=float, default=60)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--child", nargs=4, metavar=("KIND", "MEDIA", "WORK", "MAX_FRAMES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, media, work, mf = args.child
+        return child(kind, media, work, int(mf))
+    from emocache.config import MediaConfig
+
+    max_frames = MediaConfig().max_frames
+    with tempfile.TemporaryDirectory(prefix="emocache-mem-") as tmp:
+        d = Path(tmp)
+        files = make_media(d, args.minutes, args.audio_minutes)
+        rows = []
+        for m in args.minutes:
+            rss, secs = measure("video", files[f"video_{m:g}"], d / f"w_v{m:g}", max_frames)
+            rows.append({"what": f"video {m:g} min 720p", "max_frames": max_frames, "peak_rss_mb": round(rss), "s": round(secs, 1)})
+            print(f"video {m:>4g} min 720p  max_frames {max_frames}: peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
+        if not args.no_baseline:
+            for m in (1, 3):
+                rss, secs = measure("video", files[f"video_{m:g}"], d / f"w_b{m:g}", 0)
+                rows.append({"what": f"video {m:g} min 720p (baseline: max_frames off)", "max_frames": 0,
+                             "peak_rss_mb": round(rss), "s": round(secs, 1)})
+                print(f"video {m:>4g} min 720p  baseline (all frames): peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
+        if args.audio_minutes:
+            rss, secs = measure("audio", files["audio"], d / "w_a", max_frames)
+            rows.append({"what": f"audio {args.audio_minutes:g} min (egemaps + vggish)", "peak_rss_mb": round(rss),
+                         "s": round(secs, 1)})
+            print(f"audio {args.audio_minutes:>4g} min (egemaps + vggish): peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
+        video = [r["peak_rss_mb"] for r in rows if r.get("max_frames") == max_frames and r["what"].startswith("video")]
+        if len(video) > 1:
+            print(f"video peak RSS, longest / shortest: {max(video) / min(video):.2f}x (goal <= 1.2x)")
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
