@@ -45,6 +45,8 @@ class RuntimeConfig(Strict):
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"   # autocast dtype on GPU; CPU always runs fp32
     num_threads: int = 0                                  # 0 = torch default
     batch_clips: int = 8                                  # clips decoded and fed to extractors together
+    decode_free_batch_clips: int = 4096                   # clips per call to extractors that decode nothing (text):
+                                                          # their own batching/length buckets span this many
     executor: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None                     # RAY_ADDRESS env overrides
     ray_workers: int = 2

@@ -201,12 +201,16 @@ class Worker:
 
     # -- processing
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
-        size = max(1, self.cfg.runtime.batch_clips)
-        batches = [clips[i: i + size] for i in range(0, len(clips), size)]
-        with progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
-            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers):
-                self._process(chunk, decoded)
-                bar.update(len(chunk))
+        from pipeline.batching import chunks, plan_passes
+
+        passes = plan_passes(clips, self.extractors, self.cfg.runtime)
+        with progress(total=sum(len(recs) for recs, _ in passes), desc="extract", unit="clip",
+                      enabled=show_progress) as bar:
+            for recs, size in passes:
+                for chunk, decoded in prefetch_batches(chunks(recs, size), self._decode_guarded,
+                                                       self.cfg.media.decode_workers):
+                    self._process(chunk, decoded)
+                    bar.update(len(chunk))
         self.flush(force=True)
 
     def _decode_guarded(self, rec: ClipRecord):
