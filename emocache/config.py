@@ -57,6 +57,9 @@ class RuntimeConfig(Strict):
 
 class MediaConfig(Strict):
     sample_rate: int = 16000                # every audio extractor consumes 16 kHz mono float32
+    # swr: ffmpeg default; soxr: ffmpeg + libsoxr HQ; resampy: kaiser_best as the VGGish reference
+    # (pipeline/resample.py). Part of the audio extractors' fingerprints.
+    resampler: Literal["swr", "soxr", "resampy"] = "resampy"
     decode_fps: float = 10.0                # frames per second decoded for the video family
     max_side: int = 640                     # decoded frames are scaled so the longer side is at most this
     decode_workers: int = 2                 # ffmpeg processes decoding ahead of the extractors

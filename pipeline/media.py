@@ -147,12 +147,17 @@ def _seek(start: float, end: Optional[float]) -> dict:
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
-                 end: Optional[float] = None, timeout: float = 600.0) -> np.ndarray:
-    """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
+                 end: Optional[float] = None, timeout: float = 600.0, resampler: str = "swr") -> np.ndarray:
+    """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by `resampler`:
+    see pipeline/resample.py; 'resampy' decodes at the file's rate and resamples afterwards)."""
+    from pipeline import resample
+
     p = _check_file(path)
     _log_decode("audio", str(p))
-    stream = ffmpeg.input(str(p)).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
-                                         ar=sample_rate, map="0:a:0", **_seek(start, end))
+    native = resample.decodes_native_rate(resampler)   # then a WAV header tells the file's rate
+    stream = ffmpeg.input(str(p)).output("pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", ac=1,
+                                         map="0:a:0", **resample.ffmpeg_output_options(resampler, sample_rate),
+                                         **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
     proc = subprocess.run(args, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
@@ -161,10 +166,33 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
         if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-    audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    if native:
+        rate, audio = wav_float32(proc.stdout, p)
+        audio = resample.resampy_kaiser_best(audio, rate, sample_rate) if audio.size else audio
+    else:
+        audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
+
+
+def wav_float32(data: bytes, path: Path) -> tuple[int, np.ndarray]:
+    """(sample rate, samples) of the mono float32 WAV ffmpeg wrote to a pipe. Chunk sizes are not trusted:
+    on a pipe ffmpeg cannot seek back to fill them in, so the data chunk runs to the end of the bytes."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
+    pos, rate = 12, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if cid == b"fmt ":
+            rate = int.from_bytes(data[pos + 12:pos + 16], "little")
+        elif cid == b"data":
+            if rate is None:
+                break
+            body = data[pos + 8:]
+            return rate, np.frombuffer(body[: len(body) // 4 * 4], dtype=np.float32).copy()
+        pos += 8 + size + (size & 1)
+    raise MediaError(f"{path}: ffmpeg's WAV stream has no fmt/data chunk")
 
 
 def _segment_hint(start: float, end: Optional[float], duration: Optional[float] = None) -> str:

@@ -230,7 +230,8 @@ class Worker:
         m = self.cfg.media
         if "audio" in needs and rec.media:
             try:
-                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s)
+                cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s,
+                                               resampler=m.resampler)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
             except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail
