@@ -20,6 +20,8 @@ from typing import Optional
 import ffmpeg
 import numpy as np
 
+from pipeline import threads
+
 
 class MediaError(RuntimeError):
     """A media file could not be decoded; the message names the file and ffmpeg's reason."""
@@ -155,7 +157,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     p = _check_file(path)
     _log_decode("audio", str(p))
     native = resample.decodes_native_rate(resampler)   # then a WAV header tells the file's rate
-    stream = ffmpeg.input(str(p)).output("pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", ac=1,
+    stream = ffmpeg.input(str(p), **threads.ffmpeg_input_options()).output("pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", ac=1,
                                          map="0:a:0", **resample.ffmpeg_output_options(resampler, sample_rate),
                                          **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
@@ -223,7 +225,7 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
     _log_decode("frames", str(p))
 
     def run(**fps_opts) -> subprocess.CompletedProcess:
-        stream = (ffmpeg.input(str(p)).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
+        stream = (ffmpeg.input(str(p), **threads.ffmpeg_input_options()).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
                   .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end)))
         args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
         return subprocess.run(args, capture_output=True, timeout=timeout)

@@ -162,9 +162,9 @@ class Worker:
 
     def __init__(self, cfg: Config, specs: list[str], writer: str = "", run_id: str = "",
                  storage_options: Optional[dict] = None):
-        from pipeline.device import set_threads
+        from pipeline.threads import for_extraction
 
-        set_threads(cfg.runtime)
+        for_extraction(cfg)
         self.cfg = cfg
         self.writer = writer or f"p{os.getpid()}"
         self.run_id = run_id or uuid.uuid4().hex[:8]
