@@ -14,8 +14,8 @@ emocache:  the runner's path: ffmpeg decode (media.resampler, default 'resampy')
 Both use one seeded He-scaled random init of the exact architecture (VGGish weights are not available here),
 or the real checkpoint with --weights-dir. Outputs must agree within --atol (the two resample with the same
 kaiser_best sums; the front ends differ only in float64 round-off). Also checked: on 16 kHz input (no
-resampling) the network path gives the same embeddings as emocache's previous path (NCHW-free
-batched call) within 1e-4. Runs are interleaved; medians reported. The network's FLOP rate is compared with a
+resampling) the batched channels-last inference path gives the same embeddings as a plain NCHW forward
+per clip within 1e-4. Runs are interleaved; medians reported. The network's FLOP rate is compared with a
 large single-thread sgemm and conv (the machine's limit at 1 thread).
 
     .venv/bin/python benchmarks/audio_throughput.py --clips 32 --threads 1
