@@ -14,6 +14,7 @@ The ratio printed is head-training time / (extraction time per clip x the same n
 <= 1% for the MLP.
 
     .venv/bin/python benchmarks/heads_speed.py --threads 1
+    .venv/bin/python benchmarks/heads_speed.py --thread-effect    # the thread plan vs torch's default
 """
 from __future__ import annotations
 
@@ -122,6 +123,27 @@ def time_head(kind: str, n_clips: int, shapes: dict, n_classes: int, multilabel:
             "params": sum(p.numel() for p in fit.model.parameters())}
 
 
+def thread_effect(clips: int, epochs: int, repeats: int, batch_size: int, device) -> dict:
+    """MLP step time with the thread plan's setting (pipeline/threads.py: train stage) vs torch's default
+    (one thread per core), interleaved; medians."""
+    import statistics
+
+    import torch
+
+    from pipeline.threads import available_cpus, plan_threads
+
+    settings = {"plan": plan_threads(0, "train").torch, "torch default": available_cpus()}
+    per_step: dict[str, list[float]] = {k: [] for k in settings}
+    for r in range(repeats):
+        for name in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
+            torch.set_num_threads(settings[name])
+            res = time_head("mlp", clips, {"vggish": (12, 128)}, 28, True, epochs, epochs, batch_size, device, min_rows=8)
+            per_step[name].append(res["seconds_per_step"])
+    med = {k: statistics.median(v) for k, v in per_step.items()}
+    return {"threads": settings, "median_s_per_step": med, "runs_s_per_step": per_step,
+            "ratio_default_over_plan": med["torch default"] / med["plan"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--extract-seconds-per-clip", type=float, default=None)
@@ -141,6 +163,11 @@ def main() -> None:
     ap.add_argument("--nv-frames", type=int, default=100)
     ap.add_argument("--skip-nv", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--thread-effect", action="store_true",
+                    help="only compare MLP step time at the thread plan's setting vs torch's default, then exit")
+    ap.add_argument("--thread-clips", type=int, default=300)
+    ap.add_argument("--thread-epochs", type=int, default=5)
+    ap.add_argument("--thread-repeats", type=int, default=3)
     args = ap.parse_args()
 
     import torch
@@ -152,6 +179,16 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     out: dict = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    if args.thread_effect:
+        eff = thread_effect(args.thread_clips, args.thread_epochs, args.thread_repeats,
+                            args.mlp_batch or TrainConfig().batch_size, device)
+        m = eff["median_s_per_step"]
+        print(f"MLP step, {args.thread_clips} clips x {args.thread_epochs} epochs, {args.thread_repeats} interleaved runs: "
+              f"thread plan ({eff['threads']['plan']} thread) {m['plan'] * 1e3:.2f} ms, torch default "
+              f"({eff['threads']['torch default']} threads) {m['torch default'] * 1e3:.2f} ms")
+        print(f"speed ratio thread plan / torch default: {eff['ratio_default_over_plan']:.2f}x")
+        print(json.dumps({"bench": "heads_threads", **eff}))
+        return
 
     if args.extract_seconds_per_clip is not None:
         extract = {"total_s_per_clip": args.extract_seconds_per_clip, "source": "--extract-seconds-per-clip"}

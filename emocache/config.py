@@ -59,6 +59,8 @@ class RuntimeConfig(Strict):
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"   # autocast dtype on GPU; CPU always runs fp32
     num_threads: int = 0                                  # 0 = torch default
     batch_clips: int = 8                                  # clips decoded and fed to extractors together
+    decode_free_batch_clips: int = 4096                   # clips per call to extractors that decode nothing (text):
+                                                          # their own batching/length buckets span this many
     executor: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None                     # RAY_ADDRESS env overrides
     ray_workers: int = 2
@@ -69,6 +71,9 @@ class RuntimeConfig(Strict):
 
 class MediaConfig(Strict):
     sample_rate: int = 16000                # every audio extractor consumes 16 kHz mono float32
+    # swr: ffmpeg default; soxr: ffmpeg + libsoxr HQ; resampy: kaiser_best as the VGGish reference
+    # (pipeline/resample.py). Part of the audio extractors' fingerprints.
+    resampler: Literal["swr", "soxr", "resampy"] = "resampy"
     decode_fps: float = 10.0                # frames per second decoded for the video family
     max_side: int = 640                     # decoded frames are scaled so the longer side is at most this
     decode_workers: int = 2                 # ffmpeg processes decoding ahead of the extractors

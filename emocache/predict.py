@@ -195,7 +195,8 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
     vad_note = None
     if info.has_audio:
         try:
-            audio = media.decode_audio(video, cfg.media.sample_rate, timeout=cfg.media.ffmpeg_timeout_s)
+            audio = media.decode_audio(video, cfg.media.sample_rate, timeout=cfg.media.ffmpeg_timeout_s,
+                                       resampler=cfg.media.resampler)
             segments = speech_segments(cfg, audio, min(info.duration, len(audio) / cfg.media.sample_rate))
         except media.MediaError as e:
             vad_note = f"audio not decodable: {e}"

@@ -30,6 +30,7 @@ from heads.losses import build_loss
 from heads.metrics import multilabel_metrics, selection_score, singlelabel_metrics, summarize, tune_thresholds
 from heads.models import NEURAL_HEADS, FusionHead, build_head, input_stats, predict_logits, probabilities
 from heads.schedule import EarlyStopper, Schedule, make_optimizer, make_scheduler, resolve_schedule
+from pipeline.threads import for_training
 
 EVAL_SPLITS = ("val", "test")
 THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples", "jaccard")
@@ -245,8 +246,7 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
     if not data.has("train"):
         raise ValueError(f"experiment {name!r}: the clip table has no train split")
     data = carve_validation(data, tc.val_carve)
-    if tc.num_threads > 0:
-        torch.set_num_threads(tc.num_threads)
+    for_training(tc.num_threads)   # small heads: 1 thread unless train.num_threads says otherwise
     device = resolve_device(tc) if kind != "logreg" else torch.device("cpu")
     eval_split = next((s for s in ("test", "val") if data.has(s)), "train")
 

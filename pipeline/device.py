@@ -27,7 +27,7 @@ def autocast(device, precision: str):
 
 
 def set_threads(runtime: RuntimeConfig) -> None:
-    import torch
+    """Extract-stage threads from runtime.num_threads (pipeline/threads.py decides)."""
+    from pipeline.threads import apply, plan_threads
 
-    if runtime.num_threads > 0:
-        torch.set_num_threads(runtime.num_threads)
+    apply(plan_threads(runtime.num_threads, "extract"))

@@ -21,6 +21,8 @@ from typing import Optional
 import ffmpeg
 import numpy as np
 
+from pipeline import threads
+
 
 class MediaError(RuntimeError):
     """A media file could not be decoded; the message names the file and ffmpeg's reason."""
@@ -281,15 +283,32 @@ def _seek(start: float, end: Optional[float]) -> dict:
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
                  end: Optional[float] = None, timeout: float = 600.0,
-                 info: Optional["MediaInfo"] = None) -> np.ndarray:
-    """Mono float32 at `sample_rate` (channels averaged by ffmpeg's downmix, resampled by swresample)."""
+                 info: Optional["MediaInfo"] = None, resampler: str = "swr") -> np.ndarray:
+    """Mono float32 at `sample_rate`, resampled by `resampler` (pipeline/resample.py). swr / soxr: ffmpeg
+    downmixes and resamples. resampy: as the VGGish reference, the file's own rate is read (libsndfile
+    in-process for plain audio files, else ffmpeg), channels are averaged, then resampy's kaiser_best."""
+    from pipeline import resample
+
     p = _check_file(path)
+    native = resample.decodes_native_rate(resampler)   # then a WAV header tells the file's rate
+    if native and p.suffix.lower() in SOUNDFILE_SUFFIXES:
+        read = _read_soundfile(p, start, end)
+        if read is not None:
+            _log_decode("audio", str(p))
+            if read[1].size == 0 and (end is None or end > start):
+                raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}")
+            return resample.resampy_kaiser_best(read[1], read[0], sample_rate) if read[1].size else read[1].astype(np.float32)
     length = _segment_length(info, start, end)
-    # room for the whole segment (+1 s slack); unknown length: an hour, grown past that if needed
-    capacity = int(((length if length is not None else 3600.0) + 1.0) * sample_rate * 4)
+    # room for the whole segment (+1 s slack; native: up to 48 kHz stereo); unknown length: an hour, grown
+    # past that if needed
+    per_second = NATIVE_BYTES_PER_SECOND if native else sample_rate * 4
+    capacity = int(((length if length is not None else 3600.0) + 1.0) * per_second)
     _log_decode("audio", str(p))
-    stream = _input(p).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
-                                         ar=sample_rate, map="0:a:0", **_seek(start, end))
+    # native: all channels come out and are averaged here, as the reference does (ffmpeg's downmix weights differ)
+    mix = {} if native else {"ac": 1}
+    stream = _input(p, **threads.ffmpeg_input_options()).output(
+        "pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", map="0:a:0", **mix,
+        **resample.ffmpeg_output_options(resampler, sample_rate), **_seek(start, end))
     args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
     proc = _ffmpeg_pipe(args, timeout, capacity)
     if proc.returncode != 0:
@@ -298,10 +317,59 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
         if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-    audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
+    if native:
+        rate, audio = wav_float32(memoryview(proc.stdout), p)   # a view: no copy of the decoded bytes
+        audio = resample.resampy_kaiser_best(audio, rate, sample_rate) if audio.size else audio
+    else:
+        audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
+
+
+# Plain audio files libsndfile reads in-process (no ffmpeg process), as the VGGish reference reads WAV.
+SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
+# decode buffer estimate for native-rate float32 WAV from ffmpeg (48 kHz stereo); a longer stream just grows it
+NATIVE_BYTES_PER_SECOND = 48000 * 2 * 4
+
+
+def _read_soundfile(p: Path, start: float, end: Optional[float]) -> Optional[tuple[int, np.ndarray]]:
+    """(rate, mono float64 samples, channels averaged) via soundfile, or None when libsndfile cannot read it
+    (then ffmpeg decodes it). int16 comes out as x / 32768, the reference's scaling."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(p)) as f:
+            rate = f.samplerate
+            first = int(round(start * rate)) if start else 0
+            last = int(round(end * rate)) if end is not None else f.frames
+            if first:
+                f.seek(min(first, f.frames))
+            data = f.read(max(0, min(last, f.frames) - first), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+    return rate, data.astype(np.float64).mean(axis=1)
+
+
+def wav_float32(data: bytes, path: Path) -> tuple[int, np.ndarray]:
+    """(sample rate, samples averaged over channels) of the float32 WAV ffmpeg wrote to a pipe. Chunk sizes
+    are not trusted: on a pipe ffmpeg cannot seek back to fill them in, so data runs to the end of the bytes."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
+    pos, rate, channels = 12, None, 1
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if cid == b"fmt ":
+            channels = max(1, int.from_bytes(data[pos + 10:pos + 12], "little"))
+            rate = int.from_bytes(data[pos + 12:pos + 16], "little")
+        elif cid == b"data":
+            if rate is None:
+                break
+            body = data[pos + 8:]
+            samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels], dtype=np.float32)
+            return rate, samples.reshape(-1, channels).astype(np.float64).mean(axis=1)
+        pos += 8 + size + (size & 1)
+    raise MediaError(f"{path}: ffmpeg's WAV stream has no fmt/data chunk")
 
 
 def _segment_hint(start: float, end: Optional[float], duration: Optional[float] = None) -> str:
@@ -343,7 +411,8 @@ def decode_frames(path: str | os.PathLike, fps: float = 10.0, max_side: int = 64
     capacity = frame_bytes * (expected + 2 if expected else 1024)
 
     def run(**fps_opts) -> subprocess.CompletedProcess:
-        stream = (_input(p).video.filter("fps", fps=fps, **fps_opts).filter("scale", w, h)
+        stream = (_input(p, **threads.ffmpeg_input_options()).video.filter("fps", fps=fps, **fps_opts)
+                  .filter("scale", w, h)
                   .output("pipe:", format="rawvideo", pix_fmt="rgb24", **_seek(start, end), **limit))
         args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
         return _ffmpeg_pipe(args, timeout, capacity)

@@ -184,9 +184,9 @@ class Worker:
 
     def __init__(self, cfg: Config, specs: list[str], writer: str = "", run_id: str = "",
                  storage_options: Optional[dict] = None):
-        from pipeline.device import set_threads
+        from pipeline.threads import for_extraction
 
-        set_threads(cfg.runtime)
+        for_extraction(cfg)
         self.cfg = cfg
         self.writer = writer or f"p{os.getpid()}"
         self.run_id = run_id or uuid.uuid4().hex[:8]
@@ -228,15 +228,19 @@ class Worker:
 
     # -- processing
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
-        size = max(1, self.cfg.runtime.batch_clips)
-        batches = [clips[i: i + size] for i in range(0, len(clips), size)]
+        from pipeline.batching import chunks, plan_passes
+
+        passes = plan_passes(clips, self.extractors, self.cfg.runtime)
         with deferred_sigint() as self.interrupt, \
-                progress(total=len(clips), desc="extract", unit="clip", enabled=show_progress) as bar:
-            for chunk, decoded in prefetch_batches(batches, self._decode_guarded, self.cfg.media.decode_workers,
-                                                   self.cfg.media.decode_ahead_mb * (1 << 20)):
-                self._process(chunk, decoded)
-                decoded.clear()   # free this batch's frames and audio before the next is decoded
-                bar.update(len(chunk))
+                progress(total=sum(len(recs) for recs, _ in passes), desc="extract", unit="clip",
+                         enabled=show_progress) as bar:
+            for recs, size in passes:
+                for chunk, decoded in prefetch_batches(chunks(recs, size), self._decode_guarded,
+                                                       self.cfg.media.decode_workers,
+                                                       self.cfg.media.decode_ahead_mb * (1 << 20)):
+                    self._process(chunk, decoded)
+                    decoded.clear()   # free this batch's frames and audio before the next is decoded
+                    bar.update(len(chunk))
             self.flush(force=True)
 
     def _decode_guarded(self, rec: ClipRecord):
@@ -264,7 +268,7 @@ class Worker:
         if "audio" in needs and rec.media:
             try:
                 cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s,
-                                               info=info)
+                                               info=info, resampler=m.resampler)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
             except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail

@@ -88,11 +88,18 @@ class Extractor(ABC):
     def params(self) -> dict:
         """The params that change the output (they enter the fingerprint)."""
 
+    def output_params(self) -> dict:
+        """params() plus the decode settings that change this extractor's input: the resampler for audio."""
+        p = dict(self.params())
+        if "audio" in self.needs:
+            p["resampler"] = self.cfg.media.resampler
+        return p
+
     def fingerprint(self) -> str:
         if self.weights is None:
             raise RuntimeError(f"{self.key}: call load() before fingerprint()")
         blob = json.dumps(
-            {"name": self.key, "version": self.version, "params": self.params(),
+            {"name": self.key, "version": self.version, "params": self.output_params(),
              "weights_sha256": self.weights.sha256, "pretrained": self.weights.pretrained},
             sort_keys=True, default=str,
         )
@@ -100,7 +107,7 @@ class Extractor(ABC):
 
     def metadata(self) -> dict:
         """What the store records beside the rows."""
-        return {"extractor": self.key, "version": self.version, "params": self.params(),
+        return {"extractor": self.key, "version": self.version, "params": self.output_params(),
                 "weights": self.weights.as_dict() if self.weights else None,
                 "pretrained": bool(self.weights and self.weights.pretrained),
                 "fingerprint": self.fingerprint()}

@@ -244,27 +244,65 @@ class TextExtractor(Extractor):
         dim = self.model.config.hidden_size
         if not pairs:
             return np.zeros((0, dim), np.float32), []
-        # One clip at a time: a batch call takes text_pair for all items or none, and clips mix both.
-        full_lengths = [len(self._tokenize(a, b, truncate=False)) for a, b in pairs]
-        ids = [self._tokenize(a, b, truncate=True) for a, b in pairs]
+        ids, full_lengths = self._tokenize_all(pairs)
 
-        # Length buckets: similar lengths share a batch, so little compute goes to padding.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]["input_ids"]))
+        # Length buckets: similar lengths share a batch, so little compute goes to padding. Sorted over the
+        # whole call (the runner hands decode-free extractors many clips at once), as sentence-transformers does.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i][0]))
         vectors = np.zeros((len(ids), dim), np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), self.tc.batch_size):
                 chunk = order[start:start + self.tc.batch_size]
-                batch = self.tokenizer.pad([ids[i] for i in chunk], padding=True, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                batch = {k: v.to(self.device) for k, v in self._pad([ids[i] for i in chunk]).items()}
                 with autocast(self.device, self.cfg.runtime.precision):
                     pooled = self._pool(batch)
                 vectors[chunk] = pooled.float().cpu().numpy()
         return vectors, full_lengths
 
-    def _tokenize(self, text: str, text_pair: Optional[str], truncate: bool):
-        enc = self.tokenizer(text, text_pair, truncation=truncate,
-                             max_length=self.tc.max_length if truncate else None, verbose=False)
-        return enc if truncate else enc["input_ids"]
+    def _tokenize_all(self, pairs: list[tuple[str, Optional[str]]]) -> tuple[list[tuple[list, list]], list[int]]:
+        """Per input: (input_ids, token_type_ids) truncated to max_length, and the untruncated token count.
+
+        One batched tokenizer call per kind (single texts, text pairs): a call takes text_pair for all items
+        or none. Only inputs longer than max_length are tokenized a second time, with truncation."""
+        ids: list = [None] * len(pairs)
+        full_lengths = [0] * len(pairs)
+        for with_pair in (False, True):
+            idx = [i for i, (_, b) in enumerate(pairs) if (b is not None) == with_pair]
+            if not idx:
+                continue
+            firsts = [pairs[i][0] for i in idx]
+            seconds = [pairs[i][1] for i in idx] if with_pair else None
+            enc = self.tokenizer(firsts, seconds, truncation=False, verbose=False)
+            long_rows = [r for r, seq in enumerate(enc["input_ids"]) if len(seq) > self.tc.max_length]
+            cut = (self.tokenizer([firsts[r] for r in long_rows], [seconds[r] for r in long_rows] if with_pair else None,
+                                  truncation=True, max_length=self.tc.max_length, verbose=False)
+                   if long_rows else None)
+            cut_at = {r: j for j, r in enumerate(long_rows)}
+            for r, i in enumerate(idx):
+                full_lengths[i] = len(enc["input_ids"][r])
+                src, row = (cut, cut_at[r]) if r in cut_at else (enc, r)
+                types = src["token_type_ids"][row] if "token_type_ids" in src else [0] * len(src["input_ids"][row])
+                ids[i] = (src["input_ids"][row], types)
+        return ids, full_lengths
+
+    def _pad(self, items: list[tuple[list, list]]) -> dict:
+        """Pad a length bucket to its longest member (on the tokenizer's padding side) (what tokenizer.pad does, without its per-item overhead)."""
+        import torch
+
+        width = max(len(t) for t, _ in items)
+        input_ids = torch.full((len(items), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        types = torch.zeros((len(items), width), dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for r, (tok, typ) in enumerate(items):
+            cols = slice(width - len(tok), width) if left else slice(0, len(tok))
+            input_ids[r, cols] = torch.tensor(tok)
+            types[r, cols] = torch.tensor(typ)
+            mask[r, cols] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            batch["token_type_ids"] = types
+        return batch
 
     def _pool(self, batch: dict):
         wants_hidden = self.tc.layer != -1 or self.tc.layer_mean != 1

@@ -78,9 +78,10 @@ class _VideoExtractor(Extractor):
                 "target_hold_frames": self.vcfg.target_hold_frames}
 
     def _device(self):
-        from pipeline.device import pick_device, set_threads
+        from pipeline.device import pick_device
+        from pipeline.threads import for_extraction
 
-        set_threads(self.cfg.runtime)
+        for_extraction(self.cfg)
         return pick_device(self.cfg.runtime)
 
 
