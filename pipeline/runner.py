@@ -26,7 +26,8 @@ import numpy as np
 from emocache.config import Config
 from emocache.progress import progress
 from pipeline import media
-from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
+from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor, weights_label
+from pipeline.provenance import version_changes
 from pipeline.store import FeatureStore
 
 log = logging.getLogger("emocache.extract")
@@ -55,6 +56,7 @@ class ExtractorStats:
     empty: int = 0
     seconds: float = 0.0
     pretrained: Optional[bool] = None
+    learned: bool = True
 
 
 @dataclass
@@ -69,7 +71,7 @@ class RunSummary:
         out = []
         for key, s in self.stats.items():
             rate = f"{s.done / s.seconds:.2f} clips/s" if s.seconds > 0 and s.done else "-"
-            pre = "" if s.pretrained is None else ("  pretrained" if s.pretrained else "  pretrained: false (random init)")
+            pre = "" if s.pretrained is None else "  " + weights_label(s.pretrained, s.learned)
             out.append(f"{key:<18} done {s.done:>5}  cached {s.skipped:>5}  failed {s.failed:>4}  "
                        f"empty {s.empty:>4}  {s.seconds:7.1f} s  {rate}{pre}")
         out.append(f"decodes: audio {self.decodes.get('audio', 0)}, frames {self.decodes.get('frames', 0)}; "
@@ -178,7 +180,8 @@ class Worker:
             if e.family not in self.stores:
                 self.stores[e.family] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), e.family,
                                                                 storage_options)
-        self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None)
+        self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None,
+                                        learned=e.weights.learned if e.weights else True)
                       for k, e in self.extractors.items()}
         self.failures: list[dict] = []
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
@@ -194,7 +197,15 @@ class Worker:
                 n = st.gc_uncommitted(k, self.fp[k])
                 if n:
                     log.info("%s: removed %d uncommitted segment(s) left by an interrupted run", k, n)
-            st.set_current(k, self.fp[k], e.metadata())
+            meta = e.metadata()
+            made_with = st.fingerprints(k).get(self.fp[k], {}).get("versions") if k in st.keys() else None
+            if made_with:   # rows already cached under this fingerprint: keep the versions that made them
+                changed = version_changes(made_with, meta["versions"])
+                if changed:
+                    log.warning("%s: cached rows were made with %s; new rows use the running versions", k,
+                                ", ".join(f"{p} {a} (now {b})" for p, (a, b) in changed.items()))
+                meta["versions"] = made_with
+            st.set_current(k, self.fp[k], meta)
 
     def present(self, key: str) -> set[str]:
         return self.store_of(key).has(key, self.fp[key])
