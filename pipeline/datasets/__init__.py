@@ -82,7 +82,7 @@ def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, table)
-    doc = {**listing.summary(), "dataset_root": str(cfg.path(cfg.dataset(listing.name).root)),
+    doc = {**listing.summary(), "dataset_root": cfg.dataset(listing.name).root,   # as in params: no checkout path
            "problems": [p.__dict__ for p in listing.problems]}
     tmp = summary.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
