@@ -164,6 +164,23 @@ def test_status_counts_cached_and_failed(project, extracted):
     assert any(ln.startswith("store audio:") and "KB" in ln for ln in lines)
 
 
+def test_status_warns_when_features_were_made_with_other_versions(project, extracted):
+    from emocache.config import load_config
+    from pipeline.store import FeatureStore
+
+    cfg = load_config(project / "params.yaml")
+    st = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), "audio")
+    fp, meta = st.current_fingerprint("egemaps"), st.meta("egemaps")
+    assert meta["versions"]["opensmile"] not in ("", "-")              # the extraction recorded its versions
+    st.set_current("egemaps", fp, {**meta, "versions": {**meta["versions"], "opensmile": "0.0.1"}})
+    try:
+        out = run("status", "--params", project / "params.yaml").stdout
+        assert f"warning: made with opensmile 0.0.1 (running {meta['versions']['opensmile']})" in out
+    finally:
+        st.set_current("egemaps", fp, meta)
+    assert "warning" not in run("status", "--params", project / "params.yaml").stdout
+
+
 # ---------------------------------------------------------------- doctor / missing weights
 def test_doctor_ok_when_every_extractor_loads(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
