@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +19,22 @@ app.add_typer(weights_app, name="weights")
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="params file (every tunable number lives there)")
 
 
+_VERBOSE = False
+VERBOSE = typer.Option(False, "--verbose", "-v", help="show progress and third-party log lines")
+
+
+@app.callback()
+def _main(verbose: bool = VERBOSE) -> None:
+    """Extract expensive multimodal features once into a cache; train small heads on it."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    _setup_logging(verbose)   # before any command imports mediapipe / transformers (their env switches)
+
+
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from emocache.quiet import setup_logging
+
+    setup_logging(verbose or _VERBOSE)
 
 
 def _config(params: str, overrides: Optional[dict] = None):
@@ -33,6 +45,14 @@ def _config(params: str, overrides: Optional[dict] = None):
     except Exception as e:  # pydantic errors name the field; show them without a traceback
         typer.echo(f"error: {params}: {e}", err=True)
         raise typer.Exit(2)
+
+
+def _rel(path, cfg) -> str:
+    """A path relative to the project when it lies inside it (shorter lines)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(cfg.base_dir).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _dataset_names(cfg, names: Optional[list[str]]) -> list[str]:
@@ -55,6 +75,7 @@ def datasets_list(names: Optional[list[str]] = typer.Argument(None, help="datase
 
     cfg = _config(params)
     for name in _dataset_names(cfg, names):
+        t0 = time.perf_counter()
         try:
             listing = list_dataset(cfg, name)
         except DatasetError as e:
@@ -71,7 +92,7 @@ def datasets_list(names: Optional[list[str]] = typer.Argument(None, help="datase
             typer.echo(f"  ... {len(listing.problems) - 10} more (see the summary JSON)")
         if write:
             table, summary = write_listing(cfg, listing)
-            typer.echo(f"  wrote {table} and {summary}")
+            typer.echo(f"  wrote {_rel(table, cfg)} and {_rel(summary, cfg)} ({time.perf_counter() - t0:.1f} s)")
 
 
 @datasets_app.command("show")
@@ -135,7 +156,7 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
             dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="datasets (default: all)"),
             params: str = PARAMS,
             summary_json: Optional[str] = typer.Option(None, help="write the run summary here"),
-            verbose: bool = False):
+            verbose: bool = VERBOSE):
     """Run the extractors each dataset asks for; only clips missing from the store are processed.
 
     Decodes each media file once for all extractors of the family, commits every
@@ -242,9 +263,13 @@ def weights_fetch(names: Optional[list[str]] = typer.Argument(None, help="models
 @app.command()
 def train(experiment: str = typer.Argument(..., help="experiment name from params.yaml `experiments:`"),
           params: str = PARAMS, out: str = typer.Option("models", help="checkpoints go to <out>/<experiment>/"),
-          metrics_dir: str = typer.Option("metrics", help="metrics JSON and plot data go here")):
-    """Train and evaluate a head on cached features only (no extractor runs)."""
-    _setup_logging()
+          metrics_dir: str = typer.Option("metrics", help="metrics JSON and plot data go here"),
+          verbose: bool = VERBOSE):
+    """Train and evaluate a head on cached features only (no extractor runs).
+
+    Prints one line per seed and a summary line; the metrics go to <metrics-dir>/<experiment>.json (a function
+    of code, params and data) and the run's timings and git state to <metrics-dir>/runs/<experiment>.json."""
+    _setup_logging(verbose)
     from heads.cli_glue import train_experiment
 
     cfg = _config(params)
@@ -252,8 +277,25 @@ def train(experiment: str = typer.Argument(..., help="experiment name from param
         typer.echo(f"error: unknown experiment {experiment!r}; known: {', '.join(sorted(cfg.experiments))}", err=True)
         raise typer.Exit(2)
     result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir))
-    typer.echo(json.dumps(result, indent=1))
-    typer.echo(_train_summary(cfg, experiment, result, out), err=True)
+    for line in _seed_lines(result):
+        typer.echo(line)
+    typer.echo(_train_summary(cfg, experiment, result, out))
+
+
+def _seed_lines(result: dict) -> list[str]:
+    """One line per seed: its headline metric on the eval split, best epoch, seconds."""
+    per_seed, m = result.get("per_seed", {}), result.get("metrics", {})
+    key = next((k for k in ("Mean", "f1_weighted", "accuracy", "mAP") if k in per_seed), None)
+    lines = []
+    for i, seed in enumerate(result.get("seeds", [])):
+        best = result.get("best_epoch", [None] * (i + 1))[i] if result.get("n_clips", {}).get("val") else None
+        best = "  best epoch " + ", ".join(f"{k} {v}" for k, v in best.items()) if isinstance(best, dict) and best \
+            else ""   # without a val split every seed keeps its last epoch
+        secs = (result.get("seed_seconds") or [0.0] * (i + 1))[i]
+        extra = "  ".join(f"{k} {per_seed[k][i]:.4f}" for k in ("accuracy", "mAP") if k in per_seed and k != key)
+        lines.append(f"  seed {seed}: {result.get('eval_split')} {key} {per_seed[key][i]:.4f}  {extra}{best}  "
+                     f"{secs:.2f} s" if key else f"  seed {seed}: {secs:.2f} s")
+    return lines
 
 
 @app.command()
@@ -470,25 +512,72 @@ def report(params: str = PARAMS,
 
 
 @app.command()
-def results(metrics_dir: str = typer.Option("metrics", help="where `emocache train` wrote <experiment>.json")):
-    """One line per trained experiment: head, modalities, headline metrics (mean +- std over seeds), pretrained."""
-    rows = []
+def results(metrics_dir: str = typer.Option("metrics", help="where `emocache train` wrote <experiment>.json"),
+            params: str = PARAMS):
+    """One line per trained experiment: headline metrics (mean +- std over seeds) beside chance, the features'
+    weights; then one line each on what the experiment shows (params `about:`) and what chance scores."""
+    from emocache.config import load_config
+
+    try:
+        exps = load_config(params).experiments
+    except Exception:   # results still list the metrics without a readable params file
+        exps = {}
+    rows, notes = [], []
     for f in sorted(Path(metrics_dir).glob("*.json")):
         doc = json.loads(f.read_text())
         if "experiment" not in doc:
             continue
-        m = doc.get("metrics", {})
-        cell = lambda k: f"{m[k]['mean']:.3f}+-{m[k]['std']:.3f}" if k in m else "-"  # noqa: E731
-        pre = "yes" if doc.get("all_pretrained") else "NO: " + ",".join(k for k, v in doc.get("pretrained", {}).items() if not v)
-        rows.append((doc["experiment"], doc["head"], "+".join(doc["modalities"]), cell("accuracy"),
-                     cell("f1_weighted"), cell("mAP"), pre))
+        m, ch = doc.get("metrics", {}), doc.get("chance") or {}
+        cell = lambda k: f"{m[k]['mean']:.3f}±{m[k]['std']:.3f}" if k in m else "-"  # noqa: E731
+        num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        feats = (doc.get("provenance") or {}).get("features") or {}
+        weights = {k: (feats.get(k) or {}).get("weights") or ("pretrained" if v else "pretrained: false (random init)")
+                   for k, v in doc.get("pretrained", {}).items()}
+        split = doc.get("eval_split", "-")
+        chance = "/".join(num(ch.get(k)) for k in ("accuracy_uniform", "mAP_random")) if ch else "-"
+        rows.append((doc["experiment"], f"{doc['head']}({'+'.join(doc['modalities'])})",
+                     f"{split} {doc.get('n_clips', {}).get(split, '?')}", str(len(doc.get("seeds", []))),
+                     cell("accuracy"), cell("f1_weighted"), cell("mAP"), chance))
+        about = getattr(exps.get(doc["experiment"]), "about", "") or "(no `about:` in params)"
+        if "accuracy_majority" in ch:
+            about += f"; always '{ch['majority_class']}': accuracy {ch['accuracy_majority']:.3f}"
+        weak = [f"{k}: {w}" for k, w in weights.items() if w != "pretrained"]
+        notes.append((doc["experiment"], about + (f" [{', '.join(weak)}]" if weak else "")))
     if not rows:
         typer.echo(f"no experiment metrics in {metrics_dir}/ (run `dvc repro` or `emocache train EXPERIMENT`)")
         return
-    head = ("experiment", "head", "modalities", "accuracy", "weighted F1", "mAP", "pretrained")
+    head = ("experiment", "head(features)", "eval clips", "seeds", "accuracy", "weighted F1", "mAP",
+            "chance acc/mAP")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    typer.echo("what each shows (chance: a random class / scores unrelated to the labels, same split):")
+    w = max(len(n) for n, _ in notes)
+    for name, line in notes:
+        typer.echo(f"  {name.ljust(w)}  {line}")
+
+
+@app.command()
+def compare(rev_a: str = typer.Argument("HEAD", help="git revision of the first side"),
+            rev_b: Optional[str] = typer.Argument(None, help="git revision of the second side (default: the "
+                                                             "workspace's metrics/)"),
+            md: bool = typer.Option(False, "--md", help="a Markdown table (for a pull request)"),
+            metric: Optional[list[str]] = typer.Option(None, "--metric", "-m",
+                                                       help="metrics to compare (default: each experiment's "
+                                                            "headline: Mean, else accuracy, else mAP)"),
+            metrics_dir: str = typer.Option("metrics", help="metrics folder, relative to the project")):
+    """Headline metrics per experiment at two revisions: mean +- std over seeds, the difference, and whether it
+    is larger than the seeds' noise (|diff| < sqrt(std_a^2 + std_b^2) is flagged as noise)."""
+    from emocache.compare import CompareError, WORKSPACE
+    from emocache.compare import compare as run_compare
+    from emocache.compare import render
+
+    try:
+        rows, notes = run_compare(Path.cwd(), rev_a, rev_b, metrics_dir, metric)
+    except CompareError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(render(rows, rev_a, rev_b or WORKSPACE, md, notes))
 
 
 def main() -> None:  # pragma: no cover

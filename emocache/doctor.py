@@ -36,7 +36,7 @@ def run_doctor(cfg: Config, echo: Callable[[str], None]) -> bool:
         try:
             ext = build_extractor(cfg, spec)
             info = ext.load()
-            state = "pretrained" if info.pretrained else "pretrained: false (random init, allowed in params)"
+            state = info.label
             sha = (info.sha256 or "")[:16]
             echo(f"  {spec:<18} OK   {state}; {info.source}; {info.path or ''} {('sha256 ' + sha) if sha else ''}")
         except Exception as e:  # missing weights: the message says which file and where to put it

@@ -164,7 +164,7 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
     """Scores for one video as a JSON-ready dict (see module doc)."""
     from heads.checkpoint import load_checkpoint
     from pipeline import media
-    from pipeline.datasets.base import HashCache, clip_id_for
+    from pipeline.datasets.base import HASH_CACHE, HashCache, clip_id_for
     from pipeline.runner import ClipRecord
 
     t0 = time.perf_counter()
@@ -186,7 +186,7 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
         raise PredictError(f"{video}: unknown duration")
     per_segment = bool(media_keys) and all(fams[k] == "audio" for k in keys)
 
-    sha = HashCache(cfg.path(".emocache/file_hashes.json"))
+    sha = HashCache(cfg.path(HASH_CACHE))
     media_sha = sha.sha256(video)
     sha.save()
     whole_id = clip_id_for(media_sha, 0.0, None, {})

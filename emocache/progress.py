@@ -1,4 +1,5 @@
-"""Progress bars on a terminal; plain periodic log lines elsewhere (CI, DVC, files)."""
+"""Progress bars on a terminal (erased when done); plain periodic log lines elsewhere (CI, DVC, files) when
+logging is verbose (`-v`: emocache.quiet.setup_logging calls set_log_lines)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,13 @@ import sys
 import time
 
 log = logging.getLogger("emocache")
+_LOG_LINES = True
+
+
+def set_log_lines(enabled: bool) -> None:
+    """Whether a progress off a terminal writes its periodic log lines (quiet runs: no)."""
+    global _LOG_LINES
+    _LOG_LINES = enabled
 
 
 class _LogProgress:
@@ -40,8 +48,10 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
+        with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False) as bar:
             yield bar
+    elif not _LOG_LINES:
+        yield _Null()
     else:
         yield _LogProgress(total, desc, unit)
 

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from emocache.config import Config
+from pipeline.extractors.base import weights_label
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -142,16 +144,16 @@ def datasets_section(cfg: Config, figs: Figures) -> str:
 
 def extraction_section(metrics_dir: Path) -> str:
     rows = []
-    for p in sorted((metrics_dir / "extract").glob("*.json")):
+    for p in sorted((metrics_dir / "runs").glob("extract_*.json")):   # the latest run's facts, not tracked
         doc = json.loads(p.read_text())
         for key, s in doc.get("extractors", {}).items():
             rate = s["done"] / s["seconds"] if s.get("seconds") and s.get("done") else "-"   # all cached
-            rows.append([p.stem, key, s.get("done", 0), s.get("skipped", 0), s.get("failed", 0), s.get("empty", 0),
-                         float(s.get("seconds", 0.0)), rate,
-                         {True: "yes", False: "NO (random init)"}.get(s.get("pretrained"), "-")])
+            rows.append([p.stem.removeprefix("extract_"), key, s.get("done", 0), s.get("skipped", 0),
+                         s.get("failed", 0), s.get("empty", 0), float(s.get("seconds", 0.0)), rate,
+                         weights_label(s.get("pretrained"), s.get("learned", True))])
     if not rows:
-        return "<p class='note'>no extraction summaries in metrics/extract/</p>"
-    return table(["family", "extractor", "done", "cached", "failed", "empty", "seconds", "clips/s", "pretrained"],
+        return "<p class='note'>no extraction summaries in metrics/runs/ (written by `emocache extract`)</p>"
+    return table(["family", "extractor", "done", "cached", "failed", "empty", "seconds", "clips/s", "weights"],
                  rows, numeric_from=2)
 
 
@@ -296,11 +298,28 @@ def markdown_table(md: str) -> str:
     return table(rows[0], rows[1:], numeric_from=2)
 
 
-def diff_section(cfg: Config, rev: Optional[str]) -> str:
+def compare_section(cfg: Config, rev: str, metrics_dir: Path) -> str:
+    """The `emocache compare REV` table: headline metric per experiment, mean ± std over seeds, noise flag."""
+    from emocache.compare import CompareError, WORKSPACE, compare, render
+
+    rel = os.path.relpath(metrics_dir, cfg.base_dir)
+    try:
+        rows, notes = compare(cfg.base_dir, rev, None, rel)
+    except CompareError as e:
+        return f"<div class='warn'>{esc(e)}</div>"
+    text = render(rows, rev, WORKSPACE, markdown=True, notes=notes).splitlines()
+    legend = [ln for ln in text if not ln.startswith("|") and ln.strip()]
+    return (f"<p><code>emocache compare {esc(rev)}</code>: workspace against <code>{esc(rev)}</code></p>"
+            + markdown_table("\n".join(ln for ln in text if ln.startswith("|")))
+            + "".join(f"<p class='note'>{esc(ln)}</p>" for ln in legend))
+
+
+def diff_section(cfg: Config, rev: Optional[str], metrics_dir: Optional[Path] = None) -> str:
     if not rev:
         return "<p class='note'>no revision given (<code>emocache report --rev HEAD~1</code> compares against one)</p>"
     md, note = metrics_diff(cfg, rev)
-    out = f"<p>workspace against <code>{esc(rev)}</code> (<code>dvc metrics diff --md {esc(rev)}</code>)</p>"
+    out = compare_section(cfg, rev, metrics_dir or cfg.path("metrics"))
+    out += f"<p>all metrics: workspace against <code>{esc(rev)}</code> (<code>dvc metrics diff --md {esc(rev)}</code>)</p>"
     if md is None:
         return out + f"<div class='warn'>{esc(note)}</div>"
     if note:
@@ -389,7 +408,7 @@ def build_report(cfg: Config, out: str | Path, metrics_dir: str | Path = "metric
                 ("extraction", "Feature extraction", extraction_section(metrics_dir))]
     exp_html, names = experiments_section(cfg, metrics_dir, figs, experiments)
     sections.append(("experiments", "Experiments", exp_html))
-    sections.append(("diff", "Metrics diff", diff_section(cfg, rev)))
+    sections.append(("diff", "Metrics diff", diff_section(cfg, rev, metrics_dir)))
     pred_files = prediction_files(predictions)
     pred_parts = []
     for p in pred_files:

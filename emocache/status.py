@@ -16,7 +16,8 @@ def _human(n: int) -> str:
 
 def collect_status(cfg: Config) -> list[str]:
     from pipeline.datasets import read_clip_table
-    from pipeline.extractors.base import build_extractor
+    from pipeline.extractors.base import build_extractor, weights_label
+    from pipeline.provenance import version_changes
     from pipeline.store import FeatureStore, store_path
 
     lines = []
@@ -48,13 +49,19 @@ def collect_status(cfg: Config) -> list[str]:
             stale = older - have
             failed = {f["clip_id"] for f in st.failures() if f.get("extractor") == spec} & ids - have
             meta = st.meta(spec) if cur else {}
-            pre = "" if not meta else ("" if meta.get("pretrained") else "  pretrained: false")
+            learned = (meta.get("weights") or {}).get("learned", True)
+            pre = "" if not meta or (meta.get("pretrained") and learned) else \
+                "  " + weights_label(meta.get("pretrained"), learned)
             det = meta.get("detector")   # tracks: which person detector ran (detector.kind auto decides)
             det = f"  detector {det['kind']} ({det['why']})" if det else ""
             broken = st.broken.get((spec, cur), {}) if cur else {}
             bad = f"  broken segments {len(broken)} (re-extracted by the next run)" if broken else ""
             lines.append(f"  {spec:<18} cached {len(have)}/{len(ids)}  stale {len(stale)}  failed {len(failed)}"
                          f"  fingerprint {cur or '-'}{pre}{det}{bad}")
+            changed = version_changes(meta["versions"]) if meta.get("versions") else {}
+            if changed:   # same fingerprint, other packages: rerunning may not give the same features
+                lines.append(f"  {'':<18} warning: made with " + ", ".join(
+                    f"{p} {a} (running {b})" for p, (a, b) in changed.items()))
     for fam, st in stores.items():
         size = st.size_bytes()
         lines.append(f"store {fam}: {st.root} ({_human(size) if size >= 0 else 'remote'})")

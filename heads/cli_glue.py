@@ -1,7 +1,9 @@
 """`emocache train`: the clip table + the stores -> heads.train.run_experiment, outputs where DVC tracks them.
 
 models/<experiment>/model.pt                 checkpoint (cached by DVC)
-metrics/<experiment>.json                    small metrics (uncached; `dvc metrics diff`)
+metrics/<experiment>.json                    small metrics (uncached; `dvc metrics diff`); a function of
+                                             (code, params, data): a rerun on the same commit writes the same bytes
+metrics/runs/<experiment>.json               run facts: timings, git commit + dirty flag (not tracked by DVC or git)
 metrics/plots/<experiment>/*.csv             plot data (`dvc plots show / diff`)
 """
 from __future__ import annotations
@@ -42,6 +44,8 @@ def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path
     metrics_dir = cfg.path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     shutil.move(str(out / "metrics.json"), metrics_dir / f"{name}.json")
+    (metrics_dir / "runs").mkdir(exist_ok=True)
+    shutil.move(str(out / "run.json"), metrics_dir / "runs" / f"{name}.json")
     plots = metrics_dir / "plots" / name
     if plots.exists():
         shutil.rmtree(plots)

@@ -6,6 +6,11 @@ Per seed: the schedule of the experiment's recipe (heads/schedule.py: sized to t
 decay, early stopping on the validation score); when a val split exists (carved out of train when the clip
 table has none, train.val_carve) the epoch with the best validation score is kept (early model choice). Results are reported as mean ± std over TrainConfig.seeds on the test split
 (val when there is no test split, train when there is neither, named in "eval_split").
+
+Two files per run: metrics.json holds only what (code, params, data) determine, plus a "provenance" block
+(feature fingerprints, params hash, package versions, thread/device settings) that is equal on every run in
+one environment; run.json holds the run's facts (timings, git commit, dirty flag, when), which change every run
+and therefore stay out of DVC's metrics.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from emocache.config import Config, ExperimentConfig, TrainConfig
 from emocache.progress import progress
 from heads import plots
 from heads.baselines import LogRegHead
+from heads.chance import chance_levels
 from heads.checkpoint import save_checkpoint
 from heads.data import HeadData, carve_validation, load_head_data, pretrained_flags
 from heads.fusion import fuse, fusion_weights
@@ -30,10 +36,13 @@ from heads.losses import build_loss
 from heads.metrics import multilabel_metrics, selection_score, singlelabel_metrics, summarize, tune_thresholds
 from heads.models import NEURAL_HEADS, FusionHead, build_head, input_stats, predict_logits, probabilities
 from heads.schedule import EarlyStopper, Schedule, make_optimizer, make_scheduler, resolve_schedule
+from pipeline.extractors.base import weights_label
+from pipeline.provenance import git_state, package_versions, params_hash
 from pipeline.threads import for_training
 
 EVAL_SPLITS = ("val", "test")
 THRESHOLD_METRICS = ("ra", "mRA", "Mean", "f1_macro", "f1_micro", "f1_weighted", "f1_samples", "jaccard")
+RUN_FACTS = ("train_seconds", "seed_seconds")    # change on every run: run.json only, never metrics.json
 
 
 @dataclass
@@ -236,11 +245,20 @@ def run_experiment(cfg: Config, name: str, stores: Mapping[str, object], clip_ta
         raise KeyError(f"experiment {name!r}: no store given for {missing}")
     data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames)
     flags = dict(pretrained) if pretrained is not None else pretrained_flags(stores, exp.modalities)
-    return train_on_data(exp, data, out_dir, name=name, pretrained=flags)
+    features = {}
+    for k in exp.modalities:
+        fp = getattr(stores[k], "current_fingerprint", lambda _k: None)(k)
+        meta = stores[k].meta(k) if fp else {}
+        w = meta.get("weights") or {}
+        features[k] = {"fingerprint": fp, "weights": weights_label(meta.get("pretrained"), w.get("learned", True)),
+                       "made_with": meta.get("versions")}
+    provenance = {"params_sha256": params_hash(exp, cfg.datasets[exp.dataset]), "features": features}
+    return train_on_data(exp, data, out_dir, name=name, pretrained=flags, provenance=provenance)
 
 
 def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, name: str = "experiment",
-                  pretrained: Optional[Mapping[str, Optional[bool]]] = None, extra: Optional[dict] = None) -> dict:
+                  pretrained: Optional[Mapping[str, Optional[bool]]] = None,
+                  provenance: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
     """extra: more top-level keys for the metrics JSON (tune: the chosen params)."""
     tc, kind, keys = exp.train, exp.head, list(exp.modalities)
     if not data.has("train"):
@@ -291,7 +309,15 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
         "epochs_run": [r.epochs_run for r in runs],
         "schedule": runs[0].schedule,
         "train_seconds": {"mean": float(np.mean([r.seconds for r in runs])), "total": float(sum(r.seconds for r in runs))},
+        "seed_seconds": [r.seconds for r in runs],
         "checkpoint": {"path": str(ckpt.name), "seed": runs[chosen].seed},
+        # per-seed headline values: `emocache compare` reads them; DVC skips lists, so no diff noise
+        "per_seed": {k: [m[k] for m in per_seed] for k in per_seed[0] if isinstance(per_seed[0][k], float)},
+        "chance": chance_levels(data.y[data.splits["train"]].numpy(), data.y[data.splits[eval_split]].numpy(),
+                                data.vocab, data.multilabel),
+        "provenance": {**(provenance or {}), "versions": package_versions(),
+                       "runtime": {"device": device.type, "train_device_setting": tc.device,
+                                   "torch_threads": torch.get_num_threads(), "num_threads_setting": tc.num_threads}},
     }
     if data.multilabel:
         result["per_class_ra"] = {c: summary["ra"]["mean"][i] for i, c in enumerate(data.vocab)}
@@ -310,7 +336,11 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
 
     _write_plots(out_dir / "plots", runs, chosen, data, eval_split, summary, tc)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable))
+    (out_dir / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k not in RUN_FACTS},
+                                                     indent=2, default=_jsonable))
+    run = {"experiment": name, **{k: result[k] for k in RUN_FACTS}, "git": git_state(),
+           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out_dir / "run.json").write_text(json.dumps(run, indent=2, default=_jsonable))
     return result
 
 

@@ -26,8 +26,9 @@ import numpy as np
 from emocache.config import Config
 from emocache.progress import progress
 from pipeline import media
+from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor, weights_label
 from pipeline.interrupt import InterruptFlag, deferred_sigint
-from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
+from pipeline.provenance import version_changes
 from pipeline.store import FeatureStore
 from pipeline.store_lock import store_locks
 
@@ -50,7 +51,7 @@ class ClipRecord:
     root: Optional[str] = None       # dataset root and what the listing saw of the file: checked again
     rel_path: Optional[str] = None   # right before decoding (a file swapped for a link out since is refused)
     size: Optional[int] = None
-    mtime_ns: Optional[int] = None
+    sha256: Optional[str] = None
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ExtractorStats:
     empty: int = 0
     seconds: float = 0.0
     pretrained: Optional[bool] = None
+    learned: bool = True
 
 
 @dataclass
@@ -75,7 +77,7 @@ class RunSummary:
         out = []
         for key, s in self.stats.items():
             rate = f"{s.done / s.seconds:.2f} clips/s" if s.seconds > 0 and s.done else "-"
-            pre = "" if s.pretrained is None else ("  pretrained" if s.pretrained else "  pretrained: false (random init)")
+            pre = "" if s.pretrained is None else "  " + weights_label(s.pretrained, s.learned)
             out.append(f"{key:<18} done {s.done:>5}  cached {s.skipped:>5}  failed {s.failed:>4}  "
                        f"empty {s.empty:>4}  {s.seconds:7.1f} s  {rate}{pre}")
         out.append(f"decodes: audio {self.decodes.get('audio', 0)}, frames {self.decodes.get('frames', 0)}; "
@@ -137,7 +139,7 @@ def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
                               annotation=json.loads(r["annotation"]) if r.get("annotation") else {},
                               root=str(root), rel_path=r["path"] or None,
                               size=int(r["media_size"]) if r.get("media_size") else None,
-                              mtime_ns=int(r["media_mtime_ns"]) if r.get("media_mtime_ns") else None))
+                              sha256=r.get("media_sha256") or None))
     return out
 
 
@@ -195,12 +197,14 @@ class Worker:
             e.load()
         self.order = order_by_dependencies(self.extractors)
         self.fp = {k: e.fingerprint() for k, e in self.extractors.items()}
+        self._hashes = None   # the listing's hash cache, opened when a clip's media is checked
         self.stores: dict[str, FeatureStore] = {}
         for k, e in self.extractors.items():
             if e.family not in self.stores:
                 self.stores[e.family] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), e.family,
                                                                 storage_options)
-        self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None)
+        self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None,
+                                        learned=e.weights.learned if e.weights else True)
                       for k, e in self.extractors.items()}
         self.failures: list[dict] = []
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
@@ -221,7 +225,15 @@ class Worker:
                 n = st.gc_uncommitted(k, self.fp[k])
                 if n:
                     log.info("%s: removed %d uncommitted segment(s) left by an interrupted run", k, n)
-            st.set_current(k, self.fp[k], e.metadata())
+            meta = e.metadata()
+            made_with = st.fingerprints(k).get(self.fp[k], {}).get("versions") if k in st.keys() else None
+            if made_with:   # rows already cached under this fingerprint: keep the versions that made them
+                changed = version_changes(made_with, meta["versions"])
+                if changed:
+                    log.warning("%s: cached rows were made with %s; new rows use the running versions", k,
+                                ", ".join(f"{p} {a} (now {b})" for p, (a, b) in changed.items()))
+                meta["versions"] = made_with
+            st.set_current(k, self.fp[k], meta)
 
     def present(self, key: str) -> set[str]:
         return self.store_of(key).has(key, self.fp[key])
@@ -288,24 +300,31 @@ class Worker:
             empty["frames"] = "text-only clip (no media)"
         return cin, empty, errors
 
-    @staticmethod
-    def _as_listed(rec: ClipRecord) -> ClipRecord:
-        """The record with its media path resolved again now (inside the root, same size and mtime as when
-        listed): a file swapped for a symlink out of the root, or replaced, since listing is refused."""
+    def _as_listed(self, rec: ClipRecord) -> ClipRecord:
+        """The record with its media path resolved again now (inside the root, same size and content as when
+        listed): a file swapped for a symlink out of the root, or replaced, since listing is refused. The
+        content check costs nothing for an untouched file: the hash cache remembers its digest by
+        (path, size, mtime); a touched one is hashed again. (The clip table holds no mtime, which differs
+        per checkout: the table must be a function of the data alone.)"""
         if rec.root is None or rec.rel_path is None:
             return rec                                   # e.g. `predict`, which resolves its one file itself
         from dataclasses import replace
 
-        from pipeline.datasets.base import DatasetError, resolve_inside
+        from pipeline.datasets.base import HASH_CACHE, DatasetError, HashCache, resolve_inside
 
         try:
             real = resolve_inside(Path(rec.root), rec.rel_path, rec.media or rec.rel_path)
             st = real.stat()
+            if rec.size is not None and st.st_size != rec.size:
+                raise DatasetError("size differs")
+            if rec.sha256:
+                if self._hashes is None:
+                    self._hashes = HashCache(self.cfg.path(HASH_CACHE))
+                if self._hashes.sha256(real) != rec.sha256:
+                    raise DatasetError("content (sha256) differs")
         except (DatasetError, OSError) as e:
-            raise media.MediaChangedError(f"{rec.media}: changed since listing: {e}") from None
-        if rec.size is not None and (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
-            raise media.MediaChangedError(f"{rec.media}: changed since listing (size/mtime differ); list the "
-                                          f"dataset again (`emocache datasets list {rec.dataset}`)")
+            raise media.MediaChangedError(f"{rec.media}: changed since listing: {e}; list the dataset again "
+                                          f"(`emocache datasets list {rec.dataset}`)") from None
         return replace(rec, media=str(real))
 
     def _probe_within_limits(self, rec: ClipRecord) -> Optional[media.MediaInfo]:

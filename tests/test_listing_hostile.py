@@ -107,7 +107,7 @@ def test_folder_and_ravdess_names(tmp_path, make_config):
     write_listing(cfg, listing)
 
 
-@pytest.mark.parametrize("swap", ["symlink out", "replaced"])
+@pytest.mark.parametrize("swap", ["symlink out", "replaced", "same size, other content"])
 def test_file_swapped_after_listing_is_refused_at_open(tmp_path, make_config, swap):
     root = tmp_path / "media"
     clip = _tone(root / "a.wav")
@@ -116,17 +116,22 @@ def test_file_swapped_after_listing_is_refused_at_open(tmp_path, make_config, sw
     manifest.write_text("path,labels\na.wav,happy\n")
     cfg = _csv_cfg(make_config, root, manifest)
     write_listing(cfg, list_dataset(cfg, "d"))
+    size0 = clip.stat().st_size
     clip.unlink()
     if swap == "symlink out":
         os.symlink(secret, clip)
-    else:
+    elif swap == "replaced":
         _tone(clip, seconds=1.5)
+    else:   # same byte count: only the content check (sha256 via the hash cache) can tell
+        _tone(clip, f=700)
+        assert clip.stat().st_size == size0
     before = dict(media.DECODE_COUNTER)
     s = extract(cfg, ["d"], show_progress=False)
     assert media.DECODE_COUNTER == before, "the swapped file must not be decoded"
     (f,) = s.failures
     assert f["stage"] == "decode" and "a.wav: changed since listing" in f["error"]
-    assert ("outside the dataset root" if swap == "symlink out" else "size/mtime differ") in f["error"]
+    assert {"symlink out": "outside the dataset root", "replaced": "size differs",
+            "same size, other content": "content (sha256) differs"}[swap] in f["error"]
 
 
 def test_header_and_bound_mistakes_are_named(tmp_path, make_config):

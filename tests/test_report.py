@@ -62,7 +62,7 @@ def project(tmp_path_factory, no_analytics):
     p = d / "params.yaml"
     p.write_text(yaml.safe_dump(params))
     run("datasets", "list", "--params", p)
-    run("extract", "--params", p, "--summary-json", d / "metrics/extract/audio.json")
+    run("extract", "--params", p, "--summary-json", d / "metrics/runs/extract_audio.json")
     run("train", "rav_egemaps", "--params", p, "--out", d / "models", "--metrics-dir", d / "metrics")
     run("predict", REPO / "data/sample/videos/Megamind.avi", "--head", "rav_egemaps", "--params", p,
         "--models", d / "models")
@@ -112,6 +112,10 @@ def test_report_metrics_diff_against_head(report, project):
     assert "metrics/rav_egemaps.json" in diff and "HEAD" in diff and "workspace" in diff
     # seed 0 (committed) vs seed 1 (workspace): at least the checkpoint seed changed
     assert "checkpoint.seed" in diff
+    # the `emocache compare HEAD` table: one row per experiment, mean ± std over seeds, noise verdict
+    assert "emocache compare HEAD" in diff and "vs seed noise" in diff
+    row = re.search(r"<tr><td>rav_egemaps</td>.*?</tr>", diff)
+    assert row and "1/1" in row.group(0) and ("1 seed: no noise estimate" in row.group(0) or "same" in row.group(0))
 
 
 def test_report_without_a_git_repo_says_why(tmp_path, report, project):

@@ -10,7 +10,7 @@ from typing import Optional
 from emocache.config import Config
 
 from .adapters import ADAPTERS
-from .base import (SPLITS, Clip, DatasetError, DatasetListing, HashCache, Problem, assign_splits,
+from .base import (HASH_CACHE, SPLITS, Clip, DatasetError, DatasetListing, HashCache, Problem, assign_splits,
                    build_vocab, clip_id_for, clip_table_rows, resolve_inside)
 
 __all__ = ["list_dataset", "write_listing", "read_clip_table", "Clip", "DatasetListing", "DatasetError",
@@ -26,7 +26,7 @@ def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None)
         dcfg = dcfg.model_copy(update={"manifest": str(cfg.path(dcfg.manifest))})
     problems: list[Problem] = []
     raw = ADAPTERS[dcfg.adapter](name, dcfg, root, problems)
-    hashes = hash_cache or HashCache(cfg.path(".emocache/file_hashes.json"))
+    hashes = hash_cache or HashCache(cfg.path(HASH_CACHE))
 
     clips: list[Clip] = []
     seen: dict[str, Clip] = {}
@@ -42,7 +42,7 @@ def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None)
                 if not is_file:
                     raise DatasetError(f"{c.source}: {_not_a_file(root / c.path, media)}")
                 c.media_sha256 = hashes.sha256(media)
-                c.media_size, c.media_mtime_ns = hashes.stat_of(media)
+                c.media_size = hashes.stat_of(media)[0]
             elif not any(v for v in c.text.values()):
                 raise DatasetError(f"{c.source}: clip has neither a media path nor any text")
             if c.end is not None and c.end <= c.start:
@@ -87,7 +87,7 @@ def _not_a_file(listed: Path, resolved: Path) -> str:
 
 # Every column of the clip table, so a dataset with no clips still has a readable (header-only) table.
 TABLE_COLUMNS = ["clip_id", "dataset", "path", "start", "end", "split", "group", "labels", "media_sha256",
-                 "annotation", "source", "media_size", "media_mtime_ns"]
+                 "annotation", "source", "media_size"]
 
 
 def listing_paths(cfg: Config, name: str) -> tuple[Path, Path]:
@@ -101,7 +101,7 @@ def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
     table.parent.mkdir(parents=True, exist_ok=True)
     rows = clip_table_rows(listing)
     fields = list(rows[0]) if rows else TABLE_COLUMNS
-    doc = {**listing.summary(), "dataset_root": str(cfg.path(cfg.dataset(listing.name).root)),
+    doc = {**listing.summary(), "dataset_root": cfg.dataset(listing.name).root,   # as in params: no checkout path
            "problems": [p.__dict__ for p in listing.problems]}
 
     def write_table(f) -> None:

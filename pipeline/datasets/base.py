@@ -37,8 +37,8 @@ class Clip:
     media_sha256: Optional[str] = None
     native_key: Optional[str] = None         # the dataset's own id (MELD 'train/dia3_utt1'): keeps text-only clips apart
     clip_id: Optional[str] = None
-    media_size: Optional[int] = None         # size and mtime of the file hashed at listing: checked again when
-    media_mtime_ns: Optional[int] = None     # it is opened for decoding (a file swapped since is refused)
+    media_size: Optional[int] = None         # size of the file hashed at listing: checked again (with its sha256,
+                                             # via the hash cache) when it is opened for decoding
 
 
 @dataclass
@@ -88,6 +88,9 @@ def resolve_inside(root: Path, rel: str, source: str) -> Path:
     if root_r != p and root_r not in p.parents:
         raise DatasetError(f"{source}: path {rel!r} resolves outside the dataset root {root}")
     return p
+
+
+HASH_CACHE = ".emocache/file_hashes.json"   # under base_dir: listing and decode-time checks share it
 
 
 class HashCache:
@@ -215,8 +218,7 @@ def clip_table_rows(listing: DatasetListing) -> list[dict]:
                "end": "" if c.end is None else c.end, "split": c.split, "group": c.group or "",
                "labels": "|".join(c.labels), "media_sha256": c.media_sha256 or "",
                "annotation": json.dumps(c.annotation) if c.annotation else "", "source": c.source,
-               "media_size": "" if c.media_size is None else c.media_size,
-               "media_mtime_ns": "" if c.media_mtime_ns is None else c.media_mtime_ns}
+               "media_size": "" if c.media_size is None else c.media_size}
         for f in fields:
             row[f"text_{f}"] = d["text"].get(f) or ""
         rows.append(row)

@@ -61,9 +61,22 @@ class WeightsInfo:
     path: Optional[str] = None
     sha256: Optional[str] = None
     source: str = ""                         # e.g. 'weights dir', 'torch hub cache', 'wheel', 'random init (allowed in params)'
+    learned: bool = True                     # False: nothing to learn (eGeMAPS is fixed formulas), so "pretrained" says nothing
 
     def as_dict(self) -> dict:
-        return {"pretrained": self.pretrained, "path": self.path, "sha256": self.sha256, "source": self.source}
+        return {"pretrained": self.pretrained, "path": self.path, "sha256": self.sha256, "source": self.source,
+                "learned": self.learned}
+
+    @property
+    def label(self) -> str:
+        return weights_label(self.pretrained, self.learned)
+
+
+def weights_label(pretrained: Optional[bool], learned: Optional[bool] = True) -> str:
+    """How people are told what an extractor's weights are: pretrained, random init, or none at all."""
+    if learned is False:
+        return "no learned weights"
+    return {True: "pretrained", False: "pretrained: false (random init)"}.get(pretrained, "-")
 
 
 class Extractor(ABC):
@@ -107,10 +120,13 @@ class Extractor(ABC):
 
     def metadata(self) -> dict:
         """What the store records beside the rows."""
+        from pipeline.provenance import package_versions
+
         return {"extractor": self.key, "version": self.version, "params": self.output_params(),
                 "weights": self.weights.as_dict() if self.weights else None,
                 "pretrained": bool(self.weights and self.weights.pretrained),
-                "fingerprint": self.fingerprint()}
+                "fingerprint": self.fingerprint(),
+                "versions": package_versions()}   # the runner keeps the versions the first rows were made with
 
     # -- work
     @abstractmethod

@@ -49,7 +49,7 @@ class _OpenSmileExtractor(Extractor):
         self.opensmile_version = opensmile.__version__
         ident = f"{fs}:{self.feature_level}:opensmile {self.opensmile_version}"
         self.weights = WeightsInfo(pretrained=True, path=None, sha256=hashlib.sha256(ident.encode()).hexdigest(),
-                                   source=f"opensmile {self.opensmile_version} (no weights)")
+                                   source=f"opensmile {self.opensmile_version} (no weights)", learned=False)
         return self.weights
 
     def metadata(self) -> dict:
