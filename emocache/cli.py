@@ -581,8 +581,12 @@ def compare(rev_a: str = typer.Argument("HEAD", help="git revision of the first 
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:   # Ctrl-C outside a command's own handling (start-up, imports): no traceback
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -42,7 +42,11 @@ def test_sigint_at_several_points_commits_nothing_wrong(tmp_path, shared_data, r
             pass
         _, err = proc.communicate(timeout=120)
         codes.append(proc.returncode)
-        assert proc.returncode in (0, 130), f"exit {proc.returncode}: {err.decode()[-2000:]}"
+        # -SIGINT with nothing printed: the signal landed while the interpreter was still starting, before
+        # Python installs its handler (nothing was planned yet); any later SIGINT must end in exit 130
+        assert proc.returncode in (0, 130, -signal.SIGINT), f"exit {proc.returncode}: {err.decode()[-2000:]}"
+        if proc.returncode == -signal.SIGINT:
+            assert b"Traceback" not in err, err.decode()[-2000:]
         if proc.returncode == 130:
             assert b"interrupted" in err and b"Traceback" not in err, err.decode()[-2000:]
         part = _snapshot(params)
