@@ -202,6 +202,14 @@ def chance_levels(data: Split, s: ChanceSettings) -> dict:
             "chance_uniform": {"metrics": uni, "draws": s.uniform_draws}}
 
 
+def run_seconds(metrics_dir: Path, experiment: str) -> float:
+    """Training time of all seeds: a run fact, kept in metrics/runs/ (the metrics JSON holds only results)."""
+    path = metrics_dir / "runs" / f"{experiment}.json"
+    if not path.exists():
+        raise ValueError(f"{path}: no run facts for {experiment}; rerun `emocache train {experiment}`")
+    return float(json.loads(path.read_text())["train_seconds"]["total"])
+
+
 def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path) -> dict:
     """An `emocache train` result, checked to be on the same clips and split, with its features' weights."""
     from heads.cli_glue import family_of
@@ -226,7 +234,7 @@ def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path
            "features": features, "all_pretrained": r["all_pretrained"], "seeds": r["seeds"],
            "runs": len(r["seeds"]), "best_epoch": r["best_epoch"], "epochs_run": r.get("epochs_run"),
            "train": r.get("schedule"), "n_clips": r["n_clips"],
-           "train_seconds": r["train_seconds"]["total"] + r.get("tuning", {}).get("seconds", 0.0)}
+           "train_seconds": run_seconds(metrics_dir, experiment) + r.get("tuning", {}).get("seconds", 0.0)}
     if "tuning" in r:
         out["tuning"] = r["tuning"]
     return out

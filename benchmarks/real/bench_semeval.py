@@ -86,6 +86,8 @@ def tfidf_ovr_baseline(table, vocab: list[str], idx: dict, s: Settings) -> dict:
 
 
 def head_result(path: Path, n_test: int) -> dict:
+    from baselines import run_seconds
+
     r = json.loads(path.read_text())
     if r["eval_split"] != "test" or r["n_clips"]["test"] != n_test:
         raise ValueError(f"{path}: scored on {r['eval_split']} ({r['n_clips']}) not the {n_test} test clips; "
@@ -93,7 +95,7 @@ def head_result(path: Path, n_test: int) -> dict:
     m = r["metrics"]
     pick = lambda k: m.get(f"{k}_tuned", m[k])  # noqa: E731  (thresholds tuned on val when available)
     out = {"metrics": {k: pick(k) for k in REPORTED}, "runs": len(r["seeds"]), "head": r["head"],
-           "train_seconds": r["train_seconds"]["total"], "schedule": r.get("schedule"),
+           "train_seconds": run_seconds(path.parent, path.stem), "schedule": r.get("schedule"),
            "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), "all_pretrained": r["all_pretrained"]}
     if "tuning" in r:
         out["tuning"] = r["tuning"]
