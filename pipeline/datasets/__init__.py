@@ -99,10 +99,16 @@ def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
     """The clip table (CSV) and its summary (JSON: vocabulary, counts, problems), written atomically."""
     table, summary = listing_paths(cfg, listing.name)
     table.parent.mkdir(parents=True, exist_ok=True)
-    rows = clip_table_rows(listing)
+    base = str(Path(cfg.base_dir).resolve()) + os.sep
+
+    def project_relative(source: str) -> str:
+        # "file:line" as the project names it: the table is a DVC output, so no checkout path may enter it
+        return source[len(base):] if source.startswith(base) else source
+
+    rows = [{**r, "source": project_relative(r["source"])} for r in clip_table_rows(listing)]
     fields = list(rows[0]) if rows else TABLE_COLUMNS
     doc = {**listing.summary(), "dataset_root": cfg.dataset(listing.name).root,   # as in params: no checkout path
-           "problems": [p.__dict__ for p in listing.problems]}
+           "problems": [{**p.__dict__, "source": project_relative(p.source)} for p in listing.problems]}
 
     def write_table(f) -> None:
         w = csv.DictWriter(f, fieldnames=fields)
