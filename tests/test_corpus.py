@@ -113,6 +113,11 @@ def _source(run, case) -> str:
     return f"{run['manifest']}:{mc.manifest_line(case)}"
 
 
+def _table_source(run, case) -> str:
+    """The same row as the clip table names it: relative to the project (no checkout path in a DVC output)."""
+    return f"{Path(run['manifest']).relative_to(run['cfg'].base_dir)}:{mc.manifest_line(case)}"
+
+
 def _outcomes(run) -> dict[str, dict[str, str]]:
     """case name -> extractor -> observed outcome (rows | empty | failed | skipped | BOTH | MISSING)."""
     cfg = run["cfg"]
@@ -122,7 +127,7 @@ def _outcomes(run) -> dict[str, dict[str, str]]:
     failed = {(f["extractor"], f["clip_id"]) for st in stores.values() for f in st.failures()}
     out = {}
     for case in mc.CASES:
-        cid = by_source.get(_source(run, case))
+        cid = by_source.get(_table_source(run, case))
         obs = {}
         for key in mc.EXTRACTORS:
             if cid is None:
@@ -230,7 +235,7 @@ def test_long_text_is_truncated_and_says_so(run):
     cfg = run["cfg"]
     df, _ = read_clip_table(cfg, "corpus")
     case = next(c for c in mc.CASES if c.transcript == mc.LONG_TEXT)
-    cid = dict(zip(df["source"], df["clip_id"]))[_source(run, case)]
+    cid = dict(zip(df["source"], df["clip_id"]))[_table_source(run, case)]
     rows = _stores(cfg)["text"].read("text.transcript", [cid])[0]
     assert rows.arrays["features"].shape == (1, 384)
     assert rows.attrs["truncated"] is True and rows.attrs["n_tokens"] > 10_000 > cfg.extractors.text.max_length
