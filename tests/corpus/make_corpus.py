@@ -240,9 +240,9 @@ CASES: list[Case] = [
     Case("audio-only file", "audio_only.m4a", _all("rows", "rows", "empty"),
          "video extractors commit 0 rows with reason 'no video stream'; audio processed", _audio_only),
     Case("8 kHz stereo audio", "stereo_8k.wav", _all("rows", "rows", "empty"),
-         "resampled to 16 kHz mono by ffmpeg; processed", _stereo_8k),
+         "read by libsndfile, channels averaged, resampled to 16 kHz (media.resampler resampy, as the VGGish reference); processed", _stereo_8k),
     Case("48 kHz stereo audio", "stereo_48k.wav", _all("rows", "rows", "empty"),
-         "resampled to 16 kHz mono by ffmpeg; processed", _stereo_48k),
+         "read by libsndfile, channels averaged, resampled to 16 kHz (media.resampler resampy, as the VGGish reference); processed", _stereo_48k),
     Case("1-frame video", "one_frame.mp4", _all("empty", "rows", "rows", tracks="empty"),
          "the frame is decoded (repeated to frames_per_clip); DeepSORT confirms a track only after n_init frames, so "
          "tracks commits 0 rows (target_by: none) and faces/pose search the whole frame; no audio stream: audio empty",
