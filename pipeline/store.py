@@ -81,10 +81,33 @@ class ZarrBackend:
         self.root_path = root
         self.storage_options = storage_options
         kw = {"storage_options": storage_options} if storage_options and "://" in root else {}
-        self.root = zarr.open_group(root, mode="a", zarr_format=3, **kw)
+        self.root = self._open_root(root, kw)
         self.chunk_mb = chunk_mb
         self.compressors = self._compressors(compressor)
         self._arrays: dict = {}
+
+    def _open_root(self, root: str, kw: dict):
+        from zarr.errors import ContainsGroupError
+
+        # mode "a" checks for the group, then creates it: workers starting together (Ray actors
+        # on one object store) can both see none and the slower one's create fails. The group
+        # then exists, so opening again succeeds.
+        for attempt in range(2):
+            try:
+                return self.zarr.open_group(root, mode="a", zarr_format=3, **kw)
+            except ContainsGroupError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _require_group(self, path: str):
+        from zarr.errors import ContainsGroupError
+
+        # Same race as the root: two writers creating a shared parent group at once.
+        try:
+            return self.root.require_group(path)
+        except ContainsGroupError:
+            return self.root.require_group(path)
 
     def _compressors(self, name: str):
         from zarr.codecs import BloscCodec, ZstdCodec
@@ -97,7 +120,7 @@ class ZarrBackend:
         return dict(g.attrs) if g is not None else None
 
     def put_doc(self, path: str, doc: dict) -> None:
-        g = self.root.require_group(path)
+        g = self._require_group(path)
         g.attrs.put(doc)  # one metadata write replaces all attrs
 
     def children(self, path: str) -> list[str]:
@@ -123,7 +146,7 @@ class ZarrBackend:
         return node if isinstance(node, self.zarr.Group) else None
 
     def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
-        g = self.root.require_group(path)
+        g = self._require_group(path)
         if "://" in self.root_path:   # object storage has no lock: the age tells gc a live segment from a dead one
             g.attrs.put({"committed": False, "started": time.time()})
         for name, a in arrays.items():
