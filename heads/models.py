@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emocache.config import ExperimentConfig, MLPConfig, NeXtVLADConfig
+from heads.config import ExperimentConfig, MLPConfig, NeXtVLADConfig
 
 Inputs = dict[str, tuple[torch.Tensor, torch.Tensor]]   # key -> (x (B,T,D), lengths (B,))
 

@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from emocache.config import ExperimentConfig
+from heads.config import ExperimentConfig
 from heads.data import HeadData, carve_validation, without_split
 from heads.models import NEURAL_HEADS
 from heads.schedule import resolve_schedule

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from emocache.config import StoreConfig
+from pipeline.config import StoreConfig
 
 TIMES = "times"
 log = logging.getLogger("emocache.store")

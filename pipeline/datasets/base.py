@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import DatasetConfig, SplitConfig
+from pipeline.config import DatasetConfig, SplitConfig
 from pipeline.weights import sha256_file
 
 SPLITS = ("train", "val", "test")
