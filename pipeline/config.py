@@ -12,6 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import UnknownNameError
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -278,5 +280,5 @@ class PipelineConfig(Strict):
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
-            raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(self.datasets)) or '(none)'}")
+            raise UnknownNameError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(self.datasets)) or '(none)'}")
         return self.datasets[name]

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from pipeline.config import ExtractorSettings
+from pipeline.errors import WeightsError
 from pipeline.weights_catalog import entry_for_file, fetch_command, torch_hub_checkpoint_dir
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(WeightsError, FileNotFoundError):
     """A required weight file is not on this machine (nothing is downloaded at run time)."""
 
 
-class WeightsHashMismatch(ValueError):
-    pass
+class WeightsHashMismatch(WeightsError, ValueError):
+    """A weight file whose sha256 is not the one pinned in params (weights.sha256)."""
 
 
 @dataclass

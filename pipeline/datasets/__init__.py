@@ -10,8 +10,8 @@ from typing import Optional
 from pipeline.config import PipelineConfig
 
 from .adapters import ADAPTERS
-from .base import (HASH_CACHE, SPLITS, Clip, DatasetError, DatasetListing, HashCache, Problem, assign_splits,
-                   build_vocab, clip_id_for, clip_table_rows, resolve_inside)
+from .base import (HASH_CACHE, SPLITS, Clip, ClipTableMissing, DatasetError, DatasetListing, HashCache, Problem,
+                   assign_splits, build_vocab, clip_id_for, clip_table_rows, resolve_inside)
 
 __all__ = ["list_dataset", "write_listing", "read_clip_table", "Clip", "DatasetListing", "DatasetError",
            "Problem", "SPLITS", "listing_paths"]
@@ -138,7 +138,7 @@ def read_clip_table(cfg: PipelineConfig, name: str):
 
     table, summary = listing_paths(cfg, name)
     if not table.exists():
-        raise FileNotFoundError(f"clip table for dataset {name!r} not found at {table}; run `emocache datasets list {name}` "
+        raise ClipTableMissing(f"clip table for dataset {name!r} not found at {table}; run `emocache datasets list {name}` "
                                 f"(or `dvc repro`) first")
     df = pd.read_csv(table, dtype=str, keep_default_na=False)
     for col in ("start",):

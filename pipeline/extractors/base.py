@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 
 from pipeline.config import ExtractorSettings, PipelineConfig
+from pipeline.errors import UnknownNameError
 from pipeline.weights import WeightsInfo, weights_label  # noqa: F401  (extractors import them from here)
 
 
@@ -132,7 +133,7 @@ def build_extractor(cfg: PipelineConfig, spec: str) -> Extractor:
     load_all()
     name, _, variant = spec.partition(".")
     if name not in EXTRACTORS:
-        raise KeyError(f"unknown extractor {spec!r}; known: {', '.join(sorted(EXTRACTORS))}")
+        raise UnknownNameError(f"unknown extractor {spec!r}; known: {', '.join(sorted(EXTRACTORS))}")
     cls = EXTRACTORS[name]
     section = getattr(cfg.extractors, cls.config_section or cls.name, None)
     return cls(section, cfg.extractor_settings(), variant or None)
