@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 from pipeline.errors import UsageError
 
-# The first of these an experiment reports is its headline metric (Mean: seed 000's multi-label summary).
+# The first of these an experiment reports is its headline metric (Mean: SVCEmotion's multi-label summary).
 HEADLINE = ("Mean", "accuracy", "mAP", "f1_weighted")
 WORKSPACE = "workspace"
 

@@ -22,7 +22,7 @@ from pipeline.config import Strict
 
 # ---------------------------------------------------------------- predict / report (user-facing commands)
 class VADConfig(Strict):
-    """Silero VAD (seed 003 segments utterances with it); names follow silero's get_speech_timestamps."""
+    """Silero VAD (the real-world MER system segments utterances with it); names follow silero's get_speech_timestamps."""
     threshold: float = 0.5                  # speech probability above which a 32 ms window is speech
     min_speech_ms: int = 250                # shorter speech bursts are dropped
     min_silence_ms: int = 100               # shorter pauses do not split an utterance

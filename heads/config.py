@@ -28,11 +28,11 @@ class RecipeConfig(Strict):
 def _default_recipes() -> dict[str, RecipeConfig]:
     return {
         "auto": RecipeConfig(),
-        # SVCEmotion (seed 000): Adam lr 1e-4, batch 6, 300 epochs, wd 1e-5, lr/10 at epochs 150 and 230
+        # SVCEmotion: Adam lr 1e-4, batch 6, 300 epochs, wd 1e-5, lr/10 at epochs 150 and 230
         "svcemotion": RecipeConfig(optimizer="adam", lr=1e-4, weight_decay=1e-5, batch_size=6, epochs=300,
                                    lr_schedule="multistep", lr_milestones=[150, 230], warmup=0.0,
                                    early_stop_patience=0),
-        # Peng et al. (seed 002, NeXtVLAD): Adam lr 1e-4, batch 16, 100 epochs, no decay stated
+        # Peng et al. (NeXtVLAD): Adam lr 1e-4, batch 16, 100 epochs, no decay stated
         "peng": RecipeConfig(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=16, epochs=100,
                              lr_schedule="constant", warmup=0.0, early_stop_patience=0),
     }
@@ -73,9 +73,9 @@ class TrainConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     loss: Literal["auto", "bce", "ce", "ep_ce"] = "auto"   # auto: bce for multi-label, ce otherwise
     # Class weights: bce pos_weight (negatives/positives per class) or ce class weights (inverse frequency);
-    # sqrt = their square root; auto = inverse for bce (seed 000), none for ce.
+    # sqrt = their square root; auto = inverse for bce (SVCEmotion), none for ce.
     class_balance: Literal["auto", "none", "inverse", "sqrt"] = "auto"
-    # EP-CE (seed 001, eq. 9): extra weight when predicted polarity != true polarity; 0.5 each was best (Tab. 9)
+    # EP-CE (Wu et al., eq. 9): extra weight when predicted polarity != true polarity; 0.5 each was best (Tab. 9)
     ep_ce_gamma: dict[str, float] = Field(default_factory=lambda: {"positive": 0.5, "neutral": 0.5, "negative": 0.5})
     polarity: dict[str, int] = Field(default_factory=dict)  # class -> +1/0/-1 for ep_ce; empty = built-in lexicon
     standardize: bool = True                # z-score each modality with train-split statistics
@@ -83,7 +83,7 @@ class TrainConfig(Strict):
     eval_every: int = 1                     # epochs between validation passes (early model choice)
     eval_batch_size: int = 256
     threshold: float = 0.5                  # fixed multi-label decision threshold (RA, F1)
-    tune_thresholds: bool = True            # also report per-class thresholds tuned on val for F1 (seed 003)
+    tune_thresholds: bool = True            # also report per-class thresholds tuned on val for F1 (the real-world MER system)
     pr_curve_points: int = 200              # max points per class written for PR-curve plots
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 1: these small heads train faster on one thread (no sync overhead, measured 9x on a loaded 2-core box)
@@ -104,7 +104,7 @@ class NeXtVLADConfig(Strict):
     expansion: int = 2
     groups: int = 8
     clusters: int = 4
-    se_dim: int = 512                       # SE output = classifier input (seed 002: 512-d)
+    se_dim: int = 512                       # SE output = classifier input (Peng et al.: 512-d)
     se_reduction: int = 4
     hidden: int = 256
     dropout: float = 0.1

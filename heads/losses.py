@@ -1,4 +1,4 @@
-"""Training losses: BCE with per-class pos_weight (multi-label, seed 000), cross-entropy, EP-CE (seed 001)."""
+"""Training losses: BCE with per-class pos_weight (multi-label, SVCEmotion), cross-entropy, EP-CE (Wu et al.)."""
 from __future__ import annotations
 
 from typing import Mapping

@@ -229,7 +229,7 @@ class PoseConfig(Strict):
 
 
 class VideoConfig(Strict):
-    frames_per_clip: int = 100              # T frames sampled uniformly per clip (seed 002)
+    frames_per_clip: int = 100              # T frames sampled uniformly per clip (Peng et al.)
     person_margin: float = 0.1              # person crops (faces/pose/swin) = target box grown by this per side
     target_hold_frames: int = 5             # a frame where the target went unmatched borrows its nearest box within this many frames
     detector: DetectorConfig = Field(default_factory=DetectorConfig)

@@ -1,4 +1,4 @@
-"""Text features: one BERT-family vector per clip and text field (seed 000: [CLS] of the last layer, 128 tokens).
+"""Text features: one BERT-family vector per clip and text field (SVCEmotion: [CLS] of the last layer, 128 tokens).
 
 The variant is the text field ('text.transcript', 'text.factual', ...); 'combined' encodes
 factual + situational together, as a sentence pair or as one concatenated string.
@@ -19,7 +19,7 @@ from pipeline.weights import MissingWeightsError, untrained_allowed, verify
 
 BUNDLED_MINILM = "minilm-bundled"
 COMBINED = "combined"
-COMBINED_PARTS = ("factual", "situational")   # the two descriptions 'combined' joins (seed 000)
+COMBINED_PARTS = ("factual", "situational")   # the two descriptions 'combined' joins (SVCEmotion)
 
 # Loaded (tokenizer, model) shared by the variants of one run: four fields must not load BERT four times.
 _LOADED: dict[tuple, tuple] = {}

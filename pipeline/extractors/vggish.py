@@ -1,4 +1,4 @@
-"""VGGish audio embeddings (seed 000): 16 kHz mono -> log-mel 96 x 64 examples -> 128-d per example.
+"""VGGish audio embeddings (SVCEmotion): 16 kHz mono -> log-mel 96 x 64 examples -> 128-d per example.
 
 Rows: one per example (0.96 s, non-overlapping by default; `example_hop_frames` < 96 overlaps them), each with its
 [start, end] seconds from the clip start. Arrays: `features` (T, 128) float32 embeddings, pre-activation unless

@@ -272,7 +272,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
 
 @register
 class SwinExtractor(_FrameFeaturesExtractor):
-    """Swin-T (timm swin_tiny_patch4_window7_224) pooled 768-d features per sampled frame (seed 002)."""
+    """Swin-T (timm swin_tiny_patch4_window7_224) pooled 768-d features per sampled frame (Peng et al.)."""
 
     name = "swin"
     version = "1"
