@@ -1,9 +1,9 @@
 """How long the heads take to train, next to what extracting the same clips costs.
 
-  MLP (seed 000):       --mlp-clips clips of VGGish-shaped rows (T ~ 10 x 128), 28 labels multi-label,
+  MLP (SVCEmotion):       --mlp-clips clips of VGGish-shaped rows (T ~ 10 x 128), 28 labels multi-label,
                         --mlp-epochs epochs at the params.yaml defaults (batch 6, Adam, MultiStepLR, val each epoch).
   NeXtVLAD + SE (002):  --nv-clips clips x T=100 of swin 768 + vggish 128 + pose 99, 8 classes single-label,
-                        --nv-epochs epochs at batch 16 (seed 002). With --nv-run-epochs smaller, that many
+                        --nv-epochs epochs at batch 16 (Peng et al.). With --nv-run-epochs smaller, that many
                         epochs are timed and the full run is extrapolated (said in the output).
 Inputs are synthetic tensors (timing only; no accuracy is reported). One seed each.
 
@@ -69,7 +69,7 @@ def measure_vggish_extraction(n_clips: int, device: str) -> dict:
 
 
 def measure_full_extraction(device: str) -> dict:
-    """The seed 000/002 pipeline on one real 10 s video (data/sample/videos/short_hamilton_clip.mp4): VGGish,
+    """The SVCEmotion / Peng et al. pipeline on one real 10 s video (data/sample/videos/short_hamilton_clip.mp4): VGGish,
     eGeMAPS, person tracks, face crops, Swin (T=100) and BlazePose, through the real runner into a temp store.
     Per-clip cost = the extractors' own time (model loading and decoding excluded, so the ratio is conservative)."""
     import tempfile
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--mlp-clips", type=int, default=1200)
     ap.add_argument("--mlp-epochs", type=int, default=300)
-    ap.add_argument("--mlp-batch", type=int, default=None, help="default: the svcemotion recipe batch (6, seed 000)")
+    ap.add_argument("--mlp-batch", type=int, default=None, help="default: the svcemotion recipe batch (6, SVCEmotion)")
     ap.add_argument("--nv-clips", type=int, default=1100)
     ap.add_argument("--nv-epochs", type=int, default=100)
     ap.add_argument("--nv-run-epochs", type=int, default=None, help="epochs actually timed (default: all)")

@@ -7,8 +7,24 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _Commands(TyperGroup):
+    """The one place errors become exit codes: an EmocacheError prints its message (no traceback) and exits
+    with its kind's code (2 usage, 1 input, 3 weights, 4 storage; see pipeline/errors.py)."""
+
+    def invoke(self, ctx):
+        from pipeline.errors import EmocacheError
+
+        try:
+            return super().invoke(ctx)
+        except EmocacheError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
                   help="Extract expensive multimodal features once into a cache; train small heads on it.")
 datasets_app = typer.Typer(no_args_is_help=True, help="List, inspect and add datasets (params.yaml `datasets:`).")
 app.add_typer(datasets_app, name="datasets")
@@ -71,16 +87,12 @@ def datasets_list(names: Optional[list[str]] = typer.Argument(None, help="datase
                   params: str = PARAMS, write: bool = typer.Option(True, help="write cache/datasets/<name>.csv/.json")):
     """List each dataset's clips: hash media, assign splits, write the clip table and summary."""
     _setup_logging()
-    from pipeline.datasets import DatasetError, list_dataset, write_listing
+    from pipeline.datasets import list_dataset, write_listing
 
     cfg = _config(params)
     for name in _dataset_names(cfg, names):
         t0 = time.perf_counter()
-        try:
-            listing = list_dataset(cfg, name)
-        except DatasetError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+        listing = list_dataset(cfg, name)
         s = listing.summary()
         typer.echo(f"{name}: {s['n_clips']} clips  train/val/test = "
                    f"{s['n_per_split']['train']}/{s['n_per_split']['val']}/{s['n_per_split']['test']}  "
@@ -102,11 +114,7 @@ def datasets_show(name: str, params: str = PARAMS):
 
     cfg = _config(params)
     _dataset_names(cfg, [name])
-    try:
-        df, summary = read_clip_table(cfg, name)
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    df, summary = read_clip_table(cfg, name)
     typer.echo(f"{name}: {len(df)} clips, labels: {', '.join(summary['labels']) or '(unlabelled)'}")
     for split, counts in summary["label_counts"].items():
         if counts:
@@ -164,22 +172,11 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     """
     _setup_logging(verbose)
     from pipeline.runner import extract as run_extract
-    from pipeline.store import StoreWriteError
-    from pipeline.weights import MissingWeightsError
 
     cfg = _config(params)
     names = _dataset_names(cfg, dataset)
     try:
         summary = run_extract(cfg, names, family)
-    except MissingWeightsError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3)
-    except KeyError as e:  # unknown extractor / dataset names: the message lists the known ones
-        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
-        raise typer.Exit(2)
-    except StoreWriteError as e:  # e.g. disk full: committed clips are intact, the rerun resumes
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(4)
     except KeyboardInterrupt:
         typer.echo("interrupted: clips committed before Ctrl-C are complete; nothing of the clips in progress "
                    "was stored. Rerun to continue (only missing clips are extracted)", err=True)
@@ -241,15 +238,10 @@ def weights_fetch(names: Optional[list[str]] = typer.Argument(None, help="models
 
     The only command that uses the network. Partial downloads resume; a failed or mismatching download leaves no file under the real name."""  # noqa: E501
     from emocache.weights import fetch_options, select
-    from pipeline.weights_catalog import UnknownModelError
     from pipeline.weights_fetch import fetch
 
     cfg = _config(params)
-    try:
-        entries = select(cfg, names or [], missing, all_)
-    except (ValueError, UnknownModelError) as e:
-        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
-        raise typer.Exit(2)
+    entries = select(cfg, names or [], missing, all_)
     if not entries:
         typer.echo("nothing to fetch: every model these params use is present")
         return
@@ -319,11 +311,7 @@ def tune(experiment: str = typer.Argument(..., help="experiment name from params
         raise typer.Exit(2)
     out_name = name or f"{experiment}_tuned"
     n = trials or cfg.experiments[experiment].tune.trials
-    try:
-        result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir), trials=n, out_name=out_name)
-    except ValueError as e:   # no validation split, a head the search cannot train
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir), trials=n, out_name=out_name)
     t = result["tuning"]
     typer.echo(f"tune {experiment}: {t['n_trials']} trials ({t['n_pruned']} pruned) in {t['seconds']:.1f} s; best "
                f"val {t['metric']} {t['val_score']:.4f} with {json.dumps(t['params'])}", err=True)
@@ -365,17 +353,10 @@ def evaluate(experiment: str = typer.Argument(..., help="experiment whose checkp
     clip table and stores, so it repeats what `train` reported for the kept seed or shows what a cache change did.
     """
     _setup_logging()
-    from emocache.evaluate import EvaluateError, evaluate_experiment
+    from emocache.evaluate import evaluate_experiment
 
     cfg = _config(params)
-    try:
-        result = evaluate_experiment(cfg, experiment, models, split)
-    except EvaluateError as e:   # no checkpoint / no such split / dataset gone: what to run first
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    except (FileNotFoundError, ValueError, KeyError) as e:   # clip table or store missing, labels changed
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    result = evaluate_experiment(cfg, experiment, models, split)
     typer.echo(f"{experiment}: {result['head']} on {'+'.join(result['modalities'])}, {result['split']} split "
                f"({result['n_clips']} clips), checkpoint seed {result['seed']}")
     for k, v in result["metrics"].items():
@@ -406,21 +387,13 @@ def predict(video: str = typer.Argument(..., help="a video or audio file"),
     scores, the whole-clip scores, and which emotions pass the head's per-class thresholds (0.5 by default).
     """
     _setup_logging()
-    from emocache.predict import PredictError, predict_video, summary_lines, write_outputs
-    from pipeline.weights import MissingWeightsError
+    from emocache.predict import predict_video, summary_lines, write_outputs
 
     cfg = _config(params)
     if not Path(video).is_file():
         typer.echo(f"error: {video}: no such file", err=True)
         raise typer.Exit(2)
-    try:
-        result = predict_video(cfg, video, head, transcript, models)
-    except MissingWeightsError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3)
-    except PredictError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    result = predict_video(cfg, video, head, transcript, models)
     jpath, cpath = write_outputs(result, cfg.path(out or cfg.predict.out_dir))
     for line in summary_lines(result):
         typer.echo(line)
@@ -437,11 +410,7 @@ def detect(files: list[str] = typer.Argument(..., help="images, or videos (every
     from emocache.video_tools import detect_files
 
     cfg = _config(params, _detector_overrides(weights))
-    try:
-        found, ext = detect_files(cfg, files)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:   # missing weights/files, refused checkpoints
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3 if type(e).__name__ == "MissingWeightsError" else 2)
+    found, ext = detect_files(cfg, files)
     kind, why = ext.detector_choice()
     n = sum(len(v) for v in found.values())
     typer.echo(f"detect: {n} detections in {len(found)} image(s)/frame(s); detector {kind} ({why}); "
@@ -464,11 +433,7 @@ def tracks(video: str = typer.Argument(..., help="a video file"), params: str = 
     from emocache.video_tools import track_video
 
     cfg = _config(params, _detector_overrides(weights))
-    try:
-        r = track_video(cfg, video, csv_out, overlay)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3 if type(e).__name__ == "MissingWeightsError" else 2)
+    r = track_video(cfg, video, csv_out, overlay)
     target = f"target {r['target_id']} ({r['target_by']})" if r["target_id"] >= 0 else f"no target ({r['reason']})"
     typer.echo(f"tracks {video}: {r['frames']} frames at {r['fps']:g} fps ({r['frame_size'][0]}x{r['frame_size'][1]}), "
                f"{r['tracks']} tracks, {r['rows']} rows, {target}, shot cuts at {r['shot_starts']}; "
@@ -568,15 +533,11 @@ def compare(rev_a: str = typer.Argument("HEAD", help="git revision of the first 
             metrics_dir: str = typer.Option("metrics", help="metrics folder, relative to the project")):
     """Headline metrics per experiment at two revisions: mean +- std over seeds, the difference, and whether it
     is larger than the seeds' noise (|diff| < sqrt(std_a^2 + std_b^2) is flagged as noise)."""
-    from emocache.compare import CompareError, WORKSPACE
+    from emocache.compare import WORKSPACE
     from emocache.compare import compare as run_compare
     from emocache.compare import render
 
-    try:
-        rows, notes = run_compare(Path.cwd(), rev_a, rev_b, metrics_dir, metric)
-    except CompareError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    rows, notes = run_compare(Path.cwd(), rev_a, rev_b, metrics_dir, metric)
     typer.echo(render(rows, rev_a, rev_b or WORKSPACE, md, notes))
 
 

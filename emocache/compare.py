@@ -12,13 +12,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+from pipeline.errors import UsageError
 
-# The first of these an experiment reports is its headline metric (Mean: seed 000's multi-label summary).
+# The first of these an experiment reports is its headline metric (Mean: SVCEmotion's multi-label summary).
 HEADLINE = ("Mean", "accuracy", "mAP", "f1_weighted")
 WORKSPACE = "workspace"
 
 
-class CompareError(RuntimeError):
+class CompareError(UsageError, RuntimeError):
     pass
 
 

@@ -48,7 +48,7 @@ def run_doctor(cfg: Config, echo: Callable[[str], None]) -> bool:
         if spec == "tracks":   # which person detector detector.kind (auto: YOLO weights found or not) picked
             from pipeline.video.detectors import resolve_kind
 
-            kind, why = resolve_kind(cfg)
+            kind, why = resolve_kind(cfg.extractors.video.detector, cfg.extractor_settings())
             echo(f"  {'':<18}      person detector: {kind} ({why})")
     from emocache.weights import doctor_lines
 

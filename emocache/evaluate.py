@@ -11,11 +11,12 @@ from typing import Optional
 import numpy as np
 
 from emocache.config import Config
+from pipeline.errors import UsageError
 
 EVAL_ORDER = ("test", "val", "train")   # the first split with clips is evaluated unless one is named
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UsageError, RuntimeError):
     pass
 
 

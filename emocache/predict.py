@@ -25,11 +25,12 @@ from typing import Optional
 import numpy as np
 
 from emocache.config import Config
+from pipeline.errors import InputError
 
 PREDICT_DATASET = "predict"   # the dataset name failure rows carry for clips extracted by `predict`
 
 
-class PredictError(RuntimeError):
+class PredictError(InputError, RuntimeError):
     """A prediction that cannot be made; the message says why and what to do."""
 
 

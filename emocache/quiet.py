@@ -36,7 +36,7 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in (*NOISY_LOGGERS, *OUR_LOGGERS):
         logging.getLogger(name).setLevel(level)
-    from emocache import progress
+    from pipeline import progress
 
     progress.set_log_lines(verbose)   # bars on a terminal vanish when done; off one, log lines only with -v
     if not verbose and "transformers" in sys.modules:      # already imported: switch its bars off directly

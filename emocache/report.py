@@ -378,7 +378,7 @@ def prediction_section(doc: dict, figs: Figures) -> str:
         imgs.append(figs.img(fig, f"{Path(doc['video']).name} emotion timeline"))
     levels = [(k, v) for k, v in doc["video_level"].items() if "scores" in v]
     if levels:
-        # seed 003's bar chart: one bar per emotion, dotted threshold, highlighted when above it
+        # the real-world MER system's bar chart: one bar per emotion, dotted threshold, highlighted when above it
         fig, axes = figs.plt.subplots(1, len(levels), figsize=(figs.width, 3.2), dpi=figs.dpi, squeeze=False)
         for ax, (k, v) in zip(axes[0], levels):
             vals = np.asarray([v["scores"][c] for c in classes])

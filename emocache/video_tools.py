@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from emocache.config import Config
+from pipeline.errors import UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DECIMALS = 4                             # confidences and box coordinates in the JSON
@@ -41,7 +42,7 @@ def detect_files(cfg: Config, files: list[str]) -> tuple[dict[str, list], Any]:
 
     for f in files:   # bad input is reported before any model loads
         if not Path(f).is_file():
-            raise FileNotFoundError(f"{f}: no such file")
+            raise UsageError(f"{f}: no such file")
     ext = tracks_extractor(cfg)
     det = ext.detector
     names = class_names(det)
@@ -50,12 +51,12 @@ def detect_files(cfg: Config, files: list[str]) -> tuple[dict[str, list], Any]:
         if Path(f).suffix.lower() in IMAGE_SUFFIXES:
             bgr = cv2.imread(f)
             if bgr is None:
-                raise ValueError(f"{f}: cannot read the image")
+                raise UsageError(f"{f}: cannot read the image")
             out[f] = _as_json(labeled(det, [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0], names)
             continue
         info = probe(f)
         if not info.has_video or not info.fps:
-            raise ValueError(f"{f}: no video stream with a frame rate")
+            raise UsageError(f"{f}: no video stream with a frame rate")
         frames, _ = decode_frames(f, info.fps, max(info.width, info.height), info=info,
                                   timeout=cfg.media.ffmpeg_timeout_s)
         # decoded sizes are rounded to even numbers: scale boxes back to the file's own pixels
@@ -74,7 +75,7 @@ def track_video(cfg: Config, video: str, csv_out: Optional[str], overlay: Option
     from pipeline.video.overlay import draw_tracks, write_video
 
     if not Path(video).is_file():
-        raise FileNotFoundError(f"{video}: no such file")
+        raise UsageError(f"{video}: no such file")
     ext = tracks_extractor(cfg)
     frames, times = decode_frames(video, cfg.media.decode_fps, cfg.media.max_side, timeout=cfg.media.ffmpeg_timeout_s)
     out = ext.extract_batch([ClipInput(Path(video).stem, path=video, frames=frames, frame_times=times)])[0]

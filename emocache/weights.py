@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 from emocache.config import Config
 from pipeline import weights_catalog as catalog
+from pipeline.errors import UsageError
 
 
 def weights_dir(cfg: Config) -> Path:
@@ -57,7 +58,7 @@ def list_json(cfg: Config) -> list[dict]:
 def select(cfg: Config, names: list[str], missing: bool, all_: bool) -> list[catalog.ModelFile]:
     """NAME... | --missing (what these params use and this machine lacks) | --all (the whole catalog)."""
     if sum(bool(x) for x in (names, missing, all_)) != 1:
-        raise ValueError("give model names, or --missing, or --all (one of them)")
+        raise UsageError("give model names, or --missing, or --all (one of them)")
     if all_:
         return list(catalog.CATALOG)
     if missing:

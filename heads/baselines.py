@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 
-from emocache.config import LogRegConfig
+from heads.config import LogRegConfig
 from heads.models import Inputs, valid_mask
 
 

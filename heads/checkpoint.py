@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from emocache.config import ExperimentConfig
+from heads.config import ExperimentConfig
 from heads.baselines import LogRegHead
 from heads.fusion import fuse
 from heads.models import Inputs, build_head, predict_logits, probabilities

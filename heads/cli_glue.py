@@ -12,16 +12,16 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from emocache.config import Config
+from heads.config import HeadsConfig
 
 
-def family_of(cfg: Config):
+def family_of(cfg: HeadsConfig):
     from pipeline.extractors.base import build_extractor
 
     return lambda key: build_extractor(cfg, key).family
 
 
-def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path,
+def train_experiment(cfg: HeadsConfig, name: str, models_dir: Path, metrics_dir: Path,
                      trials: Optional[int] = None, out_name: Optional[str] = None) -> dict:
     """trials None: `emocache train`; else `emocache tune` with that many trials, written as `out_name`."""
     from heads.data import open_stores

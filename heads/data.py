@@ -88,7 +88,7 @@ def encode_labels(labels: pd.Series, vocab: list[str], multilabel: bool) -> np.n
 
 # ---------------------------------------------------------------- features
 def uniform_rows(length: int, max_rows: int) -> np.ndarray:
-    """Row indices that keep at most max_rows rows spread evenly over the clip (seed 002 samples T=100)."""
+    """Row indices that keep at most max_rows rows spread evenly over the clip (Peng et al. samples T=100)."""
     if length <= max_rows:
         return np.arange(length)
     return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)

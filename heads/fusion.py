@@ -1,4 +1,4 @@
-"""Decision-level (late) fusion, seed 000: a weighted average of per-modality head probabilities.
+"""Decision-level (late) fusion, SVCEmotion: a weighted average of per-modality head probabilities.
 
 Weights come from params (late_fusion_weights) or are tuned on the validation split by a grid over
 the simplex; either way they are normalised to sum to 1.

@@ -1,4 +1,4 @@
-"""Training losses: BCE with per-class pos_weight (multi-label, seed 000), cross-entropy, EP-CE (seed 001)."""
+"""Training losses: BCE with per-class pos_weight (multi-label, SVCEmotion), cross-entropy, EP-CE (Wu et al.)."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emocache.config import TrainConfig
+from heads.config import TrainConfig
 
 # Emotion name -> polarity (+1 positive, 0 neutral, -1 negative) for EP-CE when params give none.
 # Surprise/anticipation/trust count as positive, as in the Plutchik-wheel polarity split of VideoEmotion-8.

@@ -1,8 +1,8 @@
 """Evaluation metrics (scikit-learn where it has them).
 
-Multi-label (seed 000): per-class AP and RA = (TP+TN)/all, mAP, mRA, Mean = (mAP + mRA)/2, plus F1s.
-Single-label (seeds 001, 004): accuracy, weighted F1, macro F1, one-vs-rest AP, confusion matrix.
-Per-class thresholds that maximise F1 on validation (seed 003). Seeds summarised as mean ± std.
+Multi-label (SVCEmotion): per-class AP and RA = (TP+TN)/all, mAP, mRA, Mean = (mAP + mRA)/2, plus F1s.
+Single-label (Wu et al., DeepMSI-MER): accuracy, weighted F1, macro F1, one-vs-rest AP, confusion matrix.
+Per-class thresholds that maximise F1 on validation (the real-world MER system). Seeds summarised as mean ± std.
 A class with no positive in the evaluated split has AP = NaN and is left out of mAP.
 """
 from __future__ import annotations

@@ -5,10 +5,10 @@ a fusion module maps the concatenated vectors to one vector; a classifier maps t
 A new head is a new encoder or fusion class plus one line in `build_head`.
 
 - linear: RowEncoder -> one linear layer (the linear probe model selection compares against).
-- mlp (seed 000): RowEncoder (one random 0.96 s row per clip while training, mean of rows at eval)
+- mlp (SVCEmotion): RowEncoder (one random 0.96 s row per clip while training, mean of rows at eval)
   -> two fully connected layers.
 - early_fusion: RowEncoder per modality -> concatenation -> the same classifier.
-- nextvlad (seed 002): per modality Transformer encoder -> NeXtVLAD -> concatenation -> SE block -> MLP.
+- nextvlad (Peng et al.): per modality Transformer encoder -> NeXtVLAD -> concatenation -> SE block -> MLP.
 Late fusion (decision level) lives in heads/fusion.py; the logreg baseline in heads/baselines.py.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emocache.config import ExperimentConfig, MLPConfig, NeXtVLADConfig
+from heads.config import ExperimentConfig, MLPConfig, NeXtVLADConfig
 
 Inputs = dict[str, tuple[torch.Tensor, torch.Tensor]]   # key -> (x (B,T,D), lengths (B,))
 
@@ -148,7 +148,7 @@ class SEFusion(nn.Module):
 
 
 class MLPClassifier(nn.Module):
-    """Two fully connected layers (seed 000)."""
+    """Two fully connected layers (SVCEmotion)."""
 
     def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float):
         super().__init__()

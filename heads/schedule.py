@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from emocache.config import TrainConfig
+from heads.config import TrainConfig
 
 
 @dataclass(frozen=True)

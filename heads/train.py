@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emocache.config import Config, ExperimentConfig, TrainConfig
-from emocache.progress import progress
+from heads.config import HeadsConfig, ExperimentConfig, TrainConfig
+from pipeline.progress import progress
 from heads import plots
 from heads.baselines import LogRegHead
 from heads.chance import chance_levels
@@ -80,7 +80,7 @@ def resolve_device(tc: TrainConfig) -> torch.device:
 def select_metric(tc: TrainConfig, multilabel: bool) -> str:
     if tc.select_metric != "auto":
         return tc.select_metric
-    return "mean" if multilabel else "f1_weighted"   # seed 000 Mean; weighted F1 for single-label (seeds 001/004)
+    return "mean" if multilabel else "f1_weighted"   # SVCEmotion Mean; weighted F1 for single-label (Wu et al., DeepMSI-MER)
 
 
 def minibatches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -234,7 +234,7 @@ def seed_metrics(run: SeedRun, data: HeadData, split: str, tc: TrainConfig) -> t
 
 
 # ---------------------------------------------------------------- the experiment
-def run_experiment(cfg: Config, name: str, stores: Mapping[str, object], clip_table: pd.DataFrame,
+def run_experiment(cfg: HeadsConfig, name: str, stores: Mapping[str, object], clip_table: pd.DataFrame,
                    vocab: list[str], multilabel: bool, out_dir: str | Path,
                    pretrained: Optional[Mapping[str, Optional[bool]]] = None) -> dict:
     """stores: {store key: FeatureStore} for (at least) the experiment's modalities. `pretrained`: whether each

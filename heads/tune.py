@@ -22,11 +22,17 @@ from typing import Mapping, Optional
 
 import torch
 
-from emocache.config import ExperimentConfig
+from heads.config import ExperimentConfig
 from heads.data import HeadData, carve_validation, without_split
 from heads.models import NEURAL_HEADS
 from heads.schedule import resolve_schedule
 from heads.train import fit_neural, resolve_device, select_metric, train_on_data
+from pipeline.errors import InputError
+
+
+class TuneError(InputError, ValueError):
+    """A search that cannot run as configured (no validation split, no head left to search)."""
+
 
 OWN = "own"   # the experiment's own head kind in tune.heads
 
@@ -58,11 +64,11 @@ def candidate_heads(exp: ExperimentConfig) -> list[str]:
         if kind not in NEURAL_HEADS:
             if h == OWN:
                 continue            # logreg / finetune_top: nothing to search here
-            raise ValueError(f"tune.heads: {h!r} is not a head the search can train ({NEURAL_HEADS} or 'own')")
+            raise TuneError(f"tune.heads: {h!r} is not a head the search can train ({NEURAL_HEADS} or 'own')")
         if kind not in out:
             out.append(kind)
     if not out:
-        raise ValueError(f"tune.heads {exp.tune.heads} leaves no head to search")
+        raise TuneError(f"tune.heads {exp.tune.heads} leaves no head to search")
     return out
 
 
@@ -86,7 +92,7 @@ def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) 
     tc, space = exp.train, exp.tune
     data = without_split(carve_validation(data, tc.val_carve), "test")
     if not data.has("val"):
-        raise ValueError("tune needs a validation split: the clip table has none and train.val_carve is 0")
+        raise TuneError("tune needs a validation split: the clip table has none and train.val_carve is 0")
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from emocache.config import RuntimeConfig
+    from pipeline.config import RuntimeConfig
     from pipeline.extractors.base import Extractor
 
 DECODED_INPUTS = frozenset({"audio", "frames"})   # inputs that cost an ffmpeg decode and memory per clip

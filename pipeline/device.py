@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from emocache.config import RuntimeConfig
+from pipeline.config import RuntimeConfig
 
 
 def pick_device(runtime: RuntimeConfig):

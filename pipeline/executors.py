@@ -26,8 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from emocache.config import Config
-from emocache.progress import progress
+from pipeline.config import PipelineConfig
+from pipeline.progress import progress
 from pipeline import media
 from pipeline.runner import ClipRecord, ExtractorStats, RunSummary, Worker, plan
 from pipeline.store import FeatureStore
@@ -42,7 +42,7 @@ LOST = "worker"                            # failure-table stage of clips whose 
 class ExtractActor:
     """Body of one Ray actor: a runner.Worker that lives as long as the run."""
 
-    def __init__(self, cfg: Config, specs: list[str], writer: str, run_id: str):
+    def __init__(self, cfg: PipelineConfig, specs: list[str], writer: str, run_id: str):
         if cfg.runtime.num_threads == 0:   # 0 = torch default = every core of the node: oversubscribed
             n = max(1, int(cfg.runtime.ray_cpus_per_worker))
             cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"num_threads": n})})
@@ -80,7 +80,7 @@ class ExtractActor:
 class StorePlan:
     """The driver's view of the stores: what runner.plan() needs from a Worker, without models."""
 
-    def __init__(self, cfg: Config, described: dict):
+    def __init__(self, cfg: PipelineConfig, described: dict):
         ex = described["extractors"]
         self.order = described["order"]
         self.fp = {k: d["fingerprint"] for k, d in ex.items()}
@@ -102,7 +102,7 @@ class StorePlan:
         return self.stores[self.family[key]].has(key, self.fp[key])
 
 
-def connect(cfg: Config) -> bool:
+def connect(cfg: PipelineConfig) -> bool:
     """Join the configured cluster (or start a local one). True if this call started Ray."""
     import ray
 
@@ -114,7 +114,7 @@ def connect(cfg: Config) -> bool:
     return True
 
 
-def actor_resources(cfg: Config) -> dict:
+def actor_resources(cfg: PipelineConfig) -> dict:
     import ray
 
     rt = cfg.runtime
@@ -122,7 +122,7 @@ def actor_resources(cfg: Config) -> dict:
     return {"num_cpus": rt.ray_cpus_per_worker, "num_gpus": rt.ray_gpus_per_worker if gpus > 0 else 0}
 
 
-def start_actors(cfg: Config, specs: list[str], run_id: str) -> tuple[list, list[dict]]:
+def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[list, list[dict]]:
     """Start the actors and wait until each has loaded its extractors. Raises the load error as is."""
     import ray
 
@@ -148,7 +148,7 @@ def start_actors(cfg: Config, specs: list[str], run_id: str) -> tuple[list, list
     return actors, described
 
 
-def run_ray(cfg: Config, specs: list[str], records: list[ClipRecord], run_id: str, t0: float,
+def run_ray(cfg: PipelineConfig, specs: list[str], records: list[ClipRecord], run_id: str, t0: float,
             show_progress: bool = True) -> RunSummary:
     import ray
 
@@ -174,7 +174,7 @@ def run_ray(cfg: Config, specs: list[str], records: list[ClipRecord], run_id: st
     return RunSummary(run_id, stats, failures, decodes, time.perf_counter() - t0)
 
 
-def dispatch(actors: list, todo: list[ClipRecord], cfg: Config, view: StorePlan,
+def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: StorePlan,
              stats: dict[str, ExtractorStats], run_id: str, show_progress: bool) -> tuple[list[dict], dict]:
     """Give each free actor the next chunk until all are done; actors that die are retired."""
     import ray

@@ -22,9 +22,10 @@ import ffmpeg
 import numpy as np
 
 from pipeline import threads
+from pipeline.errors import InputError
 
 
-class MediaError(RuntimeError):
+class MediaError(InputError, RuntimeError):
     """A media file could not be decoded; the message names the file and ffmpeg's reason."""
 
 

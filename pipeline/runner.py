@@ -23,8 +23,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from emocache.config import Config
-from emocache.progress import progress
+from pipeline.config import PipelineConfig
+from pipeline.progress import progress
 from pipeline import media
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor, weights_label
 from pipeline.interrupt import InterruptFlag, deferred_sigint
@@ -90,7 +90,7 @@ class RunSummary:
 
 
 # ---------------------------------------------------------------- planning
-def extractor_specs(cfg: Config, datasets: Iterable[str], family: Optional[str]) -> list[str]:
+def extractor_specs(cfg: PipelineConfig, datasets: Iterable[str], family: Optional[str]) -> list[str]:
     specs: list[str] = []
     for name in datasets:
         for spec in cfg.dataset(name).extractors:
@@ -117,7 +117,7 @@ def order_by_dependencies(extractors: dict[str, Extractor]) -> list[str]:
     return done
 
 
-def load_clip_records(cfg: Config, dataset: str) -> list[ClipRecord]:
+def load_clip_records(cfg: PipelineConfig, dataset: str) -> list[ClipRecord]:
     from pipeline.datasets import list_dataset, read_clip_table, write_listing
 
     try:
@@ -184,7 +184,7 @@ def _decoded_bytes(dec) -> int:
 class Worker:
     """Loads extractors once; processes lists of ClipRecords; commits to the family stores."""
 
-    def __init__(self, cfg: Config, specs: list[str], writer: str = "", run_id: str = "",
+    def __init__(self, cfg: PipelineConfig, specs: list[str], writer: str = "", run_id: str = "",
                  storage_options: Optional[dict] = None):
         from pipeline.threads import for_extraction
 
@@ -462,7 +462,7 @@ def plan(worker: Worker, records: list[ClipRecord]) -> tuple[list[ClipRecord], d
     return [r for r in wanted.values() if r.missing], skipped
 
 
-def extract(cfg: Config, datasets: Optional[list[str]] = None, family: Optional[str] = None,
+def extract(cfg: PipelineConfig, datasets: Optional[list[str]] = None, family: Optional[str] = None,
             show_progress: bool = True) -> RunSummary:
     t0 = time.perf_counter()
     datasets = list(datasets or cfg.datasets)

@@ -39,7 +39,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from emocache.config import StoreConfig
+from pipeline.config import StoreConfig
+from pipeline.errors import StorageError
 
 TIMES = "times"
 log = logging.getLogger("emocache.store")
@@ -307,7 +308,7 @@ class HDF5Backend:
         return len(stale)
 
 
-class StoreWriteError(OSError):
+class StoreWriteError(StorageError, OSError):
     """Writing to the store failed (disk full, permissions, a lost mount): the run must stop.
 
     Names the store and what was being written; committed segments are untouched."""

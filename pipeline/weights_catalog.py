@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+from pipeline.errors import UnknownNameError
 
 PART_SUFFIX = ".part"          # bytes of an interrupted download, resumed by the next fetch
 
@@ -96,7 +97,7 @@ CATALOG: tuple[ModelFile, ...] = (
 )
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UnknownNameError):
     pass
 
 

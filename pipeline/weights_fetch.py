@@ -27,12 +27,13 @@ from typing import Callable, Iterable, Optional
 
 from pipeline.weights import sha256_file
 from pipeline.weights_catalog import ModelFile, location, partial_path
+from pipeline.errors import EmocacheError
 
 MIRROR_ENV = "EMOCACHE_WEIGHTS_MIRROR"
 HUB_ENDPOINT = "https://huggingface.co"
 
 
-class WeightsFetchError(RuntimeError):
+class WeightsFetchError(EmocacheError, RuntimeError):
     """A download failed; the message names the model, the URL and what to do."""
 
 

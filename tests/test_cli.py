@@ -293,7 +293,7 @@ def test_predict_audio_head_segments_and_cache(project, trained, tmp_path):
         assert s["end"] - s["start"] >= 1.0 - 1e-6                 # predict.min_segment_s
         assert sum(s["scores"].values()) == pytest.approx(1.0, abs=1e-4)   # softmax over 8 RAVDESS emotions
         assert s["top"] == max(s["scores"], key=s["scores"].get)
-    # the video level is the duration-weighted mean of the segment scores (seed 003) ...
+    # the video level is the duration-weighted mean of the segment scores (the real-world MER system) ...
     w = np.array([s["end"] - s["start"] for s in segs])
     mean = (np.array([[s["scores"][c] for c in classes] for s in segs]) * w[:, None]).sum(0) / w.sum()
     got = doc["video_level"]["segment_weighted_mean"]["scores"]

@@ -131,5 +131,7 @@ def test_folder_adapter_and_non_utf8_manifest(make_config, shared_data, tmp_path
 
 def test_unknown_dataset_lists_known(make_config):
     cfg = make_config(datasets={"one": {"adapter": "folder", "root": "data"}})
-    with pytest.raises(KeyError, match="known datasets: one"):
+    from pipeline.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="known datasets: one"):
         cfg.dataset("two")

@@ -78,7 +78,7 @@ def test_se_block_matches_formula():
     assert se(f).shape == (5, 8)
 
 
-# ---------------------------------------------------------------- MLP row encoder (seed 000)
+# ---------------------------------------------------------------- MLP row encoder (SVCEmotion)
 def test_row_encoder_trains_on_one_real_row_and_evaluates_on_the_mean():
     x = torch.zeros(2, 4, 3)
     x[0, :3] = torch.tensor([[1.0], [2.0], [3.0]])   # clip 0 has 3 rows (values 1,2,3), clip 1 has none

@@ -16,10 +16,11 @@ class FrameRMS(Extractor):
     """Test extractor: RMS of 0.5 s audio frames (a real, deterministic computation)."""
 
     name, family, needs, version = "test_rms", "audio", frozenset({"audio"}), "1"
+    config_section = "vggish"      # borrows a real section, so a params change re-keys it
     calls: list = []
 
     def params(self):
-        return {"frame_s": 0.5, "scale": self.cfg.extractors.vggish.log_offset}
+        return {"frame_s": 0.5, "scale": self.section.log_offset}
 
     def load(self):
         self.weights = WeightsInfo(pretrained=True, sha256="none", source="no weights")

@@ -190,7 +190,7 @@ def test_yolo_plumbing_with_a_random_checkpoint(video_cfg, tmp_path, monkeypatch
                                                           "classes": ["0"]}}})   # yaml models name classes '0'..'79'
     from pipeline.video.detectors import YoloPersonDetector
 
-    det = YoloPersonDetector(cfg, torch.device("cpu"))
+    det = YoloPersonDetector(cfg.extractors.video.detector, cfg.extractor_settings(), torch.device("cpu"))
     assert det.weights.sha256 and det.weights.source == "weights dir (ultralytics)" and det.class_ids == [0]
     frames = np.random.default_rng(0).integers(0, 255, (2, 120, 160, 3), dtype=np.uint8)
     out = det.detect(frames)
@@ -392,7 +392,7 @@ def test_swin_loads_state_dicts_from_weights_dir(video_cfg, small_clips):
     np.testing.assert_allclose(out.arrays["features"], expected, atol=1e-4)
     # torchvision naming (swin_t)
     torch.save(torchvision.models.swin_t(weights=None).state_dict(), wdir / name)
-    model, info = build_swin(cfg)
+    model, info = build_swin(cfg.extractors.video.swin, cfg.extractor_settings())
     assert info.pretrained and isinstance(model, torchvision.models.SwinTransformer)
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 768)

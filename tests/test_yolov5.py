@@ -37,7 +37,7 @@ def yolo(cfg):
 
     from pipeline.video.detectors import YoloPersonDetector
 
-    return YoloPersonDetector(cfg, torch.device("cpu"))
+    return YoloPersonDetector(cfg.extractors.video.detector, cfg.extractor_settings(), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +319,8 @@ def test_fp16_on_cuda_equals_original(yolo_cfg, shared_data, shared_weights):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: fp16 runs only on CUDA")
-    det = YoloPersonDetector(yolo_cfg(conf=REF_CONF, iou=REF_NMS_IOU, classes=None), torch.device("cuda"))
+    cfg = yolo_cfg(conf=REF_CONF, iou=REF_NMS_IOU, classes=None)
+    det = YoloPersonDetector(cfg.extractors.video.detector, cfg.extractor_settings(), torch.device("cuda"))
     assert det.backend.half and next(det.backend.net.parameters()).dtype == torch.float16
     ref, images = reference_images(shared_data, shared_weights)
     keys = [k for k, _ in images]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emocache.config import VGGishConfig
+from pipeline.config import VGGishConfig
 
 # The spectrogram is computed in float64: with log(mel + 0.01), float32 FFT round-off on loud frames would show
 # up as ~1e-3 errors in quiet mel bands; float64 keeps the front end within 1e-5 of the NumPy reference.

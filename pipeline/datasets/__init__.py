@@ -7,17 +7,17 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from emocache.config import Config
+from pipeline.config import PipelineConfig
 
 from .adapters import ADAPTERS
-from .base import (HASH_CACHE, SPLITS, Clip, DatasetError, DatasetListing, HashCache, Problem, assign_splits,
-                   build_vocab, clip_id_for, clip_table_rows, resolve_inside)
+from .base import (HASH_CACHE, SPLITS, Clip, ClipTableMissing, DatasetError, DatasetListing, HashCache, Problem,
+                   assign_splits, build_vocab, clip_id_for, clip_table_rows, resolve_inside)
 
 __all__ = ["list_dataset", "write_listing", "read_clip_table", "Clip", "DatasetListing", "DatasetError",
            "Problem", "SPLITS", "listing_paths"]
 
 
-def list_dataset(cfg: Config, name: str, hash_cache: Optional[HashCache] = None) -> DatasetListing:
+def list_dataset(cfg: PipelineConfig, name: str, hash_cache: Optional[HashCache] = None) -> DatasetListing:
     dcfg = cfg.dataset(name)
     root = cfg.path(dcfg.root)
     if not root.is_dir():
@@ -90,12 +90,12 @@ TABLE_COLUMNS = ["clip_id", "dataset", "path", "start", "end", "split", "group",
                  "annotation", "source", "media_size"]
 
 
-def listing_paths(cfg: Config, name: str) -> tuple[Path, Path]:
+def listing_paths(cfg: PipelineConfig, name: str) -> tuple[Path, Path]:
     d = cfg.path(cfg.store.tables_dir)
     return d / f"{name}.csv", d / f"{name}.json"
 
 
-def write_listing(cfg: Config, listing: DatasetListing) -> tuple[Path, Path]:
+def write_listing(cfg: PipelineConfig, listing: DatasetListing) -> tuple[Path, Path]:
     """The clip table (CSV) and its summary (JSON: vocabulary, counts, problems), written atomically."""
     table, summary = listing_paths(cfg, listing.name)
     table.parent.mkdir(parents=True, exist_ok=True)
@@ -132,13 +132,13 @@ def _atomic_write(path: Path, write, **open_kw) -> None:
         raise
 
 
-def read_clip_table(cfg: Config, name: str):
+def read_clip_table(cfg: PipelineConfig, name: str):
     """(clips DataFrame, summary dict) as written by the datasets stage."""
     import pandas as pd
 
     table, summary = listing_paths(cfg, name)
     if not table.exists():
-        raise FileNotFoundError(f"clip table for dataset {name!r} not found at {table}; run `emocache datasets list {name}` "
+        raise ClipTableMissing(f"clip table for dataset {name!r} not found at {table}; run `emocache datasets list {name}` "
                                 f"(or `dvc repro`) first")
     df = pd.read_csv(table, dtype=str, keep_default_na=False)
     for col in ("start",):

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from emocache.config import DatasetConfig
+from pipeline.config import DatasetConfig
 
 from .base import Clip, DatasetError, Problem, clean_labels
 

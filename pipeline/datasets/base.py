@@ -16,8 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import DatasetConfig, SplitConfig
+from pipeline.config import DatasetConfig, SplitConfig
 from pipeline.weights import sha256_file
+from pipeline.errors import InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -71,7 +72,11 @@ class DatasetListing:
                 "n_problems": len(self.problems)}
 
 
-class DatasetError(ValueError):
+class ClipTableMissing(InputError, FileNotFoundError):
+    """A dataset's clip table has not been written yet (`emocache datasets list NAME`)."""
+
+
+class DatasetError(InputError, ValueError):
     pass
 
 

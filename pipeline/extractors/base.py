@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from emocache.config import Config
+from pipeline.config import ExtractorSettings, PipelineConfig
+from pipeline.errors import UnknownNameError
+from pipeline.weights import WeightsInfo, weights_label  # noqa: F401  (extractors import them from here)
 
 
 @dataclass
@@ -55,39 +57,17 @@ class ClipFeatures:
         return int(self.times.shape[0])
 
 
-@dataclass
-class WeightsInfo:
-    pretrained: bool
-    path: Optional[str] = None
-    sha256: Optional[str] = None
-    source: str = ""                         # e.g. 'weights dir', 'torch hub cache', 'wheel', 'random init (allowed in params)'
-    learned: bool = True                     # False: nothing to learn (eGeMAPS is fixed formulas), so "pretrained" says nothing
-
-    def as_dict(self) -> dict:
-        return {"pretrained": self.pretrained, "path": self.path, "sha256": self.sha256, "source": self.source,
-                "learned": self.learned}
-
-    @property
-    def label(self) -> str:
-        return weights_label(self.pretrained, self.learned)
-
-
-def weights_label(pretrained: Optional[bool], learned: Optional[bool] = True) -> str:
-    """How people are told what an extractor's weights are: pretrained, random init, or none at all."""
-    if learned is False:
-        return "no learned weights"
-    return {True: "pretrained", False: "pretrained: false (random init)"}.get(pretrained, "-")
-
-
 class Extractor(ABC):
     name: ClassVar[str]                      # registry name, as listed in a dataset's `extractors`
     family: ClassVar[str]                    # 'audio' | 'text' | 'video': which store it writes
     needs: ClassVar[frozenset[str]]          # subset of {'audio', 'frames', 'text'}
     version: ClassVar[str] = "1"             # bump when code changes what the output is
     depends_on: ClassVar[tuple[str, ...]] = ()   # store keys whose rows this extractor consumes (e.g. tracks)
+    config_section: ClassVar[Optional[str]] = None   # its `extractors.<section>` in params.yaml; None = `name`
 
-    def __init__(self, cfg: Config, variant: Optional[str] = None) -> None:
-        self.cfg = cfg
+    def __init__(self, section: Any, settings: ExtractorSettings, variant: Optional[str] = None) -> None:
+        self.section = section               # its own params section only, never the whole config
+        self.settings = settings
         self.variant = variant               # e.g. the text field for 'text'
         self.weights: Optional[WeightsInfo] = None
 
@@ -105,7 +85,7 @@ class Extractor(ABC):
         """params() plus the decode settings that change this extractor's input: the resampler for audio."""
         p = dict(self.params())
         if "audio" in self.needs:
-            p["resampler"] = self.cfg.media.resampler
+            p["resampler"] = self.settings.media.resampler
         return p
 
     def fingerprint(self) -> str:
@@ -146,12 +126,14 @@ def register(cls: type[Extractor]) -> type[Extractor]:
     return cls
 
 
-def build_extractor(cfg: Config, spec: str) -> Extractor:
+def build_extractor(cfg: PipelineConfig, spec: str) -> Extractor:
     """`spec` is a registry name, optionally with a variant: 'vggish', 'text.transcript'."""
     from pipeline.extractors import load_all  # registers the built-in extractors
 
     load_all()
     name, _, variant = spec.partition(".")
     if name not in EXTRACTORS:
-        raise KeyError(f"unknown extractor {spec!r}; known: {', '.join(sorted(EXTRACTORS))}")
-    return EXTRACTORS[name](cfg, variant or None)
+        raise UnknownNameError(f"unknown extractor {spec!r}; known: {', '.join(sorted(EXTRACTORS))}")
+    cls = EXTRACTORS[name]
+    section = getattr(cfg.extractors, cls.config_section or cls.name, None)
+    return cls(section, cfg.extractor_settings(), variant or None)

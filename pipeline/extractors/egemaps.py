@@ -14,7 +14,7 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from emocache.config import Config
+from pipeline.config import EGeMAPSConfig, ExtractorSettings
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
 
 
@@ -24,20 +24,22 @@ class _OpenSmileExtractor(Extractor):
     version = "1"
     feature_level: ClassVar[str]          # opensmile.FeatureLevel member name
 
-    def __init__(self, cfg: Config, variant: Optional[str] = None) -> None:
-        super().__init__(cfg, variant)
+    config_section = "egemaps"
+
+    def __init__(self, section: EGeMAPSConfig, settings: ExtractorSettings, variant: Optional[str] = None) -> None:
+        super().__init__(section, settings, variant)
         self.smile = None
         self.columns: list[str] = []
         self.opensmile_version = ""
 
     def params(self) -> dict:
-        return {"feature_set": self.cfg.extractors.egemaps.feature_set, "feature_level": self.feature_level,
+        return {"feature_set": self.section.feature_set, "feature_level": self.feature_level,
                 "opensmile": self.opensmile_version}
 
     def load(self) -> WeightsInfo:
         import opensmile
 
-        fs = self.cfg.extractors.egemaps.feature_set
+        fs = self.section.feature_set
         try:
             feature_set = opensmile.FeatureSet[fs]
         except KeyError:

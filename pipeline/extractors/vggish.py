@@ -1,4 +1,4 @@
-"""VGGish audio embeddings (seed 000): 16 kHz mono -> log-mel 96 x 64 examples -> 128-d per example.
+"""VGGish audio embeddings (SVCEmotion): 16 kHz mono -> log-mel 96 x 64 examples -> 128-d per example.
 
 Rows: one per example (0.96 s, non-overlapping by default; `example_hop_frames` < 96 overlaps them), each with its
 [start, end] seconds from the clip start. Arrays: `features` (T, 128) float32 embeddings, pre-activation unless
@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import Config
+from pipeline.config import ExtractorSettings, VGGishConfig
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
 from pipeline.weights import (MissingWeightsError, find_weights, missing_message, torch_hub_checkpoint_dir,
                               untrained_allowed, verify)
@@ -33,9 +33,9 @@ class VGGishExtractor(Extractor):
     needs = frozenset({"audio"})
     version = "1"
 
-    def __init__(self, cfg: Config, variant: Optional[str] = None) -> None:
-        super().__init__(cfg, variant)
-        self.vcfg = cfg.extractors.vggish
+    def __init__(self, section: VGGishConfig, settings: ExtractorSettings, variant: Optional[str] = None) -> None:
+        super().__init__(section, settings, variant)
+        self.vcfg = section
         self.device = None
         self.model = None
         self.frontend = None
@@ -53,13 +53,13 @@ class VGGishExtractor(Extractor):
     def _precision(self) -> str:
         """Autocast only applies on GPU; CPU output is fp32 whatever params.yaml says."""
         on_gpu = self.device is not None and self.device.type == "cuda"
-        return self.cfg.runtime.precision if on_gpu else "fp32"
+        return self.settings.runtime.precision if on_gpu else "fp32"
 
     # ------------------------------------------------------------------ load
     def _resolve(self, filename: str):
-        path = find_weights(self.cfg, filename)
-        if path is None and not untrained_allowed(self.cfg, self.name):
-            raise MissingWeightsError(missing_message(self.cfg, self.name, filename,
+        path = find_weights(self.settings, filename)
+        if path is None and not untrained_allowed(self.settings, self.name):
+            raise MissingWeightsError(missing_message(self.settings, self.name, filename,
                                                       WEIGHTS_URL_HINT.format(file=filename)))
         return path
 
@@ -73,21 +73,21 @@ class VGGishExtractor(Extractor):
         from pipeline.audio.vggish_net import EMBEDDING_SIZE, build_vggish, load_state_dict_file
         from pipeline.device import pick_device
 
-        self.device = pick_device(self.cfg.runtime)
+        self.device = pick_device(self.settings.runtime)
         weights_path = self._resolve(self.vcfg.weights_file)
         pca_path = self._resolve(self.vcfg.pca_file) if self.vcfg.postprocess else None
         if self.vcfg.postprocess and (weights_path is None) != (pca_path is None):
             # never mix a trained net with a fake PCA (or the reverse) behind one pretrained flag
             raise MissingWeightsError(missing_message(
-                self.cfg, self.name, self.vcfg.pca_file if pca_path is None else self.vcfg.weights_file,
+                self.settings, self.name, self.vcfg.pca_file if pca_path is None else self.vcfg.weights_file,
                 "VGGish with postprocess needs both the network and the PCA file (or neither, when untrained is allowed)."))
 
         if weights_path is not None:
-            digest = verify(self.cfg, weights_path)
+            digest = verify(self.settings, weights_path)
             state = load_state_dict_file(weights_path)
             model = build_vggish(state, self.vcfg.relu_output, origin=str(weights_path))
             if pca_path is not None:
-                pca_digest = verify(self.cfg, pca_path)
+                pca_digest = verify(self.settings, pca_path)
                 self.postprocessor = Postprocessor(*load_pca_file(pca_path))
                 digest = hashlib.sha256(f"{digest}:{pca_digest}".encode()).hexdigest()
             source = "torch hub cache" if weights_path.parent == torch_hub_checkpoint_dir() else "weights dir"
@@ -121,7 +121,7 @@ class VGGishExtractor(Extractor):
         out = []
         if examples.shape[0] == 0:   # every clip of the batch shorter than one example
             return np.zeros((0, self.model.embeddings[-1].out_features), np.float32)
-        with torch.inference_mode(), autocast(self.device, self.cfg.runtime.precision):
+        with torch.inference_mode(), autocast(self.device, self.settings.runtime.precision):
             for chunk in torch.split(examples, max(1, self.vcfg.batch_examples)):
                 x = chunk.unsqueeze(1).contiguous(memory_format=torch.channels_last)
                 out.append(self.model(x).float().cpu())

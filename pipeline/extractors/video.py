@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.config import ExtractorSettings, VideoConfig
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
 from pipeline.media import sample_indices
 
@@ -23,21 +24,23 @@ class _VideoExtractor(Extractor):
     family = "video"
     needs = frozenset({"frames"})
 
+    config_section = "video"
+
     @property
-    def vcfg(self):
-        return self.cfg.extractors.video
+    def vcfg(self) -> VideoConfig:
+        return self.section
 
     def decode_params(self) -> dict:
         # outputs are in decoded-frame pixels/indices, so the decode settings change them
-        return {"decode_fps": self.cfg.media.decode_fps, "max_side": self.cfg.media.max_side,
-                "max_frames": self.cfg.media.max_frames}
+        return {"decode_fps": self.settings.media.decode_fps, "max_side": self.settings.media.max_side,
+                "max_frames": self.settings.media.max_frames}
 
     def frame_span(self, clip: Optional[ClipInput] = None) -> float:
         """One decoded frame's time: 1 / decode_fps, or longer for a clip sampled down to media.max_frames."""
         t = None if clip is None else clip.frame_times
         if t is not None and len(t) > 1:
             return float(t[1] - t[0])
-        return 1.0 / self.cfg.media.decode_fps
+        return 1.0 / self.settings.media.decode_fps
 
     def frame_times(self, clip: ClipInput, idx: np.ndarray) -> np.ndarray:
         t = np.asarray(clip.frame_times, dtype=np.float64)[idx]
@@ -74,15 +77,15 @@ class _VideoExtractor(Extractor):
     def target_params(self) -> dict:
         """What decides the target boxes this extractor looks in: the tracks' own params, so a new
         detector or tracker setting also re-keys the consumers' cache."""
-        return {"tracks": TracksExtractor(self.cfg).params(), "person_margin": self.vcfg.person_margin,
+        return {"tracks": TracksExtractor(self.section, self.settings).params(), "person_margin": self.vcfg.person_margin,
                 "target_hold_frames": self.vcfg.target_hold_frames}
 
     def _device(self):
         from pipeline.device import pick_device
         from pipeline.threads import for_extraction
 
-        for_extraction(self.cfg)
-        return pick_device(self.cfg.runtime)
+        for_extraction(self.settings)
+        return pick_device(self.settings.runtime)
 
 
 def _combined_weights(parts: dict[str, WeightsInfo]) -> WeightsInfo:
@@ -105,7 +108,7 @@ class TracksExtractor(_VideoExtractor):
         """(detector kind that runs, why): detector.kind, or for `auto` whether the YOLO weights resolve."""
         from pipeline.video.detectors import resolve_kind
 
-        return resolve_kind(self.cfg)
+        return resolve_kind(self.vcfg.detector, self.settings)
 
     def params(self) -> dict:
         d = self.vcfg.detector
@@ -130,8 +133,8 @@ class TracksExtractor(_VideoExtractor):
 
         device = self._device()
         self.choice = self.detector_choice()   # what this run uses, even if a weights file appears meanwhile
-        self.detector = build_detector(self.cfg, device)
-        self.embedder = ReidEmbedder(device, self.cfg.runtime.precision, self.vcfg.tracker.embed_batch, self.cfg)
+        self.detector = build_detector(self.vcfg.detector, self.settings, device)
+        self.embedder = ReidEmbedder(device, self.settings.runtime.precision, self.vcfg.tracker.embed_batch, self.settings)
         self.weights = _combined_weights({"detector": self.detector.weights, "reid": self.embedder.weights})
         return self.weights
 
@@ -210,19 +213,19 @@ class _FrameFeaturesExtractor(_VideoExtractor):
 
     section_name: str                        # the VideoConfig section: 'swin' | 'mobilenet'
 
-    def __init__(self, cfg, variant: Optional[str] = None) -> None:
-        super().__init__(cfg, variant)
+    def __init__(self, section: VideoConfig, settings: ExtractorSettings, variant: Optional[str] = None) -> None:
+        super().__init__(section, settings, variant)
         # person crops need the tracks; whole frames do not (instance attribute: depends on params)
-        self.depends_on = ("tracks",) if self.section.region == "person" else ()
+        self.depends_on = ("tracks",) if self.model_cfg.region == "person" else ()
 
     @property
-    def section(self):
-        return getattr(self.cfg.extractors.video, self.section_name)
+    def model_cfg(self):
+        return getattr(self.vcfg, self.section_name)
 
     def params(self) -> dict:
         p = {"frames_per_clip": self.vcfg.frames_per_clip,
-             **self.section.model_dump(exclude={"batch_frames"}), **self.decode_params()}
-        if self.section.region == "person":
+             **self.model_cfg.model_dump(exclude={"batch_frames"}), **self.decode_params()}
+        if self.model_cfg.region == "person":
             p.update(self.target_params())
         return p
 
@@ -234,7 +237,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
         from pipeline.video.frame_encoder import FrameEncoder
 
         model, weights = self.build_model()
-        self.encoder = FrameEncoder(model, weights, self.section, self._device(), self.cfg.runtime.precision)
+        self.encoder = FrameEncoder(model, weights, self.model_cfg, self._device(), self.settings.runtime.precision)
         self.weights = weights
         return self.weights
 
@@ -242,7 +245,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
         from pipeline.video.boxes import grow
 
         frames = self.frames_of(clip)
-        if self.section.region == "frame":
+        if self.model_cfg.region == "frame":
             return [frames[i] for i in idx]
         h, w = frames.shape[1:3]
         images = []
@@ -269,7 +272,7 @@ class _FrameFeaturesExtractor(_VideoExtractor):
 
 @register
 class SwinExtractor(_FrameFeaturesExtractor):
-    """Swin-T (timm swin_tiny_patch4_window7_224) pooled 768-d features per sampled frame (seed 002)."""
+    """Swin-T (timm swin_tiny_patch4_window7_224) pooled 768-d features per sampled frame (Peng et al.)."""
 
     name = "swin"
     version = "1"
@@ -278,7 +281,7 @@ class SwinExtractor(_FrameFeaturesExtractor):
     def build_model(self):
         from pipeline.video.swin import build_swin
 
-        return build_swin(self.cfg)
+        return build_swin(self.vcfg.swin, self.settings)
 
 
 @register
@@ -293,7 +296,7 @@ class MobileNetExtractor(_FrameFeaturesExtractor):
     def build_model(self):
         from pipeline.video.mobilenet import build_mobilenet_v2
 
-        return build_mobilenet_v2(self.cfg)
+        return build_mobilenet_v2(self.vcfg.mobilenet, self.settings)
 
 
 @register

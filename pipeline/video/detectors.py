@@ -17,8 +17,8 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from emocache.config import Config, DetectorConfig
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import DetectorConfig, ExtractorSettings
+from pipeline.weights import WeightsInfo
 from pipeline.video.boxes import nms
 from pipeline.weights import MissingWeightsError, find_weights, missing_message, verify
 
@@ -108,12 +108,11 @@ class FaceAnchoredPersonDetector:
         return [self.detect_one(f) for f in frames]
 
 
-def resolve_kind(cfg: Config) -> tuple[str, str]:
+def resolve_kind(d: DetectorConfig, settings: ExtractorSettings) -> tuple[str, str]:
     """(detector kind that runs, why): `auto` is yolo when the YOLO weights file resolves, else face."""
-    d = cfg.extractors.video.detector
     if d.kind != "auto":
         return d.kind, "set in params"
-    path = find_weights(cfg, d.weights_file)
+    path = find_weights(settings, d.weights_file)
     if path is not None:
         return "yolo", f"auto: {path} found"
     return "face", f"auto: {d.weights_file} not found in the weights dirs"
@@ -122,12 +121,11 @@ def resolve_kind(cfg: Config) -> tuple[str, str]:
 class _OriginalYoloV5:
     """An original YOLOv5 release checkpoint on our rebuilt network (pipeline.video.yolov5)."""
 
-    def __init__(self, path: Path, digest: str, cfg: Config, device) -> None:
+    def __init__(self, path: Path, digest: str, dcfg: DetectorConfig, settings: ExtractorSettings, device) -> None:
         from pipeline.video.yolov5 import build_network
         from pipeline.video.yolov5_checkpoint import load_converted
 
-        dcfg = cfg.extractors.video.detector
-        conv, cached = load_converted(path, digest, cfg.path(dcfg.converted_dir))
+        conv, cached = load_converted(path, digest, settings.path(dcfg.converted_dir))
         self.names = list(conv["names"])
         self.stride = int(max(conv["stride"].max().item(), MIN_STRIDE))
         if dcfg.imgsz % self.stride:
@@ -160,13 +158,13 @@ class _OriginalYoloV5:
 class _UltralyticsYolo:
     """An ultralytics-format checkpoint (yolov5su.pt, yolov8n.pt, ...): ultralytics loads and runs it."""
 
-    def __init__(self, path: Path, cfg: Config, device) -> None:
+    def __init__(self, path: Path, dcfg: DetectorConfig, device) -> None:
         from ultralytics import YOLO
 
         self.model = YOLO(str(path))
         names = self.model.names
         self.names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-        self.half = device.type == "cuda" and cfg.extractors.video.detector.half
+        self.half = device.type == "cuda" and dcfg.half
         self.device = device
         self.source = "weights dir (ultralytics)"
 
@@ -191,21 +189,20 @@ class YoloPersonDetector:
 
     Frames of one size (one clip, or several clips of the same size) go through in batch_frames batches."""
 
-    def __init__(self, cfg: Config, device) -> None:
+    def __init__(self, dcfg: DetectorConfig, settings: ExtractorSettings, device) -> None:
         from pipeline.video.yolov5_checkpoint import CheckpointError, checkpoint_format, converted_path
 
-        dcfg = cfg.extractors.video.detector
-        path = find_weights(cfg, dcfg.weights_file)
+        path = find_weights(settings, dcfg.weights_file)
         if path is None:
             # A randomly initialised detector finds no people, so there is no untrained fallback here.
-            raise MissingWeightsError(missing_message(cfg, "tracks (YOLO person detector)", dcfg.weights_file,
+            raise MissingWeightsError(missing_message(settings, "tracks (YOLO person detector)", dcfg.weights_file,
                                                       YOLO_HOW_TO_GET))
-        digest = verify(cfg, path)   # a pinned sha256 is checked before the file is parsed
+        digest = verify(settings, path)   # a pinned sha256 is checked before the file is parsed
         self.cfg = dcfg
-        if converted_path(cfg.path(dcfg.converted_dir), digest).exists() or checkpoint_format(path) == "yolov5":
-            self.backend = _OriginalYoloV5(path, digest, cfg, device)
+        if converted_path(settings.path(dcfg.converted_dir), digest).exists() or checkpoint_format(path) == "yolov5":
+            self.backend = _OriginalYoloV5(path, digest, dcfg, settings, device)
         else:
-            self.backend = _UltralyticsYolo(path, cfg, device)
+            self.backend = _UltralyticsYolo(path, dcfg, device)
         self.names = self.backend.names
         if dcfg.classes is None:
             self.class_ids = None
@@ -245,10 +242,10 @@ def class_names(detector: PersonDetector) -> list[str]:
     return list(getattr(detector, "names", ["person"]))
 
 
-def build_detector(cfg: Config, device) -> PersonDetector:
-    kind, _ = resolve_kind(cfg)
+def build_detector(dcfg: DetectorConfig, settings: ExtractorSettings, device) -> PersonDetector:
+    kind, _ = resolve_kind(dcfg, settings)
     if kind == "hog":
-        return HogPersonDetector(cfg.extractors.video.detector)
+        return HogPersonDetector(dcfg)
     if kind == "face":
-        return FaceAnchoredPersonDetector(cfg.extractors.video.detector)
-    return YoloPersonDetector(cfg, device)
+        return FaceAnchoredPersonDetector(dcfg)
+    return YoloPersonDetector(dcfg, settings, device)

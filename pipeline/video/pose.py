@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import PoseConfig
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import PoseConfig
+from pipeline.weights import WeightsInfo
 from pipeline.video.boxes import search_region
 from pipeline.video.faces import mediapipe_module_file
 from pipeline.weights import MissingWeightsError

