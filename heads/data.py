@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
+from pipeline.datasets.base import TABLE_LABEL_SEP
+
 if TYPE_CHECKING:
     import torch
 
 SPLITS = ("train", "val", "test")
-LABEL_SEP = "|"   # multi-label clip tables join class names with this
 
 
 @dataclass
@@ -72,7 +73,7 @@ def encode_labels(labels: pd.Series, vocab: list[str], multilabel: bool) -> np.n
     unknown: set[str] = set()
     for r, raw in enumerate(labels.tolist()):
         text = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw)
-        names = [n.strip() for n in text.split(LABEL_SEP)] if multilabel else [text.strip()]
+        names = [n.strip() for n in text.split(TABLE_LABEL_SEP)] if multilabel else [text.strip()]
         names = [n for n in names if n]
         if not multilabel and len(names) != 1:
             raise ValueError(f"single-label clip table row {r} has label {raw!r}; expected one class name")

@@ -153,3 +153,26 @@ def test_header_and_bound_mistakes_are_named(tmp_path, make_config):
     listing = list_dataset(_csv_cfg(make_config, root, bounds), "d")
     assert len(listing.clips) == 1
     assert sum("must be a finite time >= 0 s" in p.reason for p in listing.problems) == 3
+
+
+def test_a_label_holding_the_tables_separator_is_a_row_problem(tmp_path, make_config):
+    # The clip table joins a clip's labels with '|': a label 'angry|loud' under another label_sep would come
+    # back from the table as two labels (and crashed train). It is refused at listing, naming file:line.
+    from heads.data import encode_labels
+
+    root = tmp_path / "media"
+    _tone(root / "ok.wav")
+    _tone(root / "ok2.wav", f=440)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,labels,transcript\nok.wav,happy;sad,fine\nok2.wav,angry|loud;sad,odd label\n")
+    cfg = _csv_cfg(make_config, root, manifest, label_sep=";", multilabel=True)
+    listing = list_dataset(cfg, "d")
+    assert [c.source for c in listing.clips] == [f"{manifest}:2"]
+    (p,) = listing.problems
+    assert p.source == f"{manifest}:3" and "['angry|loud']" in p.reason and "'|'" in p.reason
+    table, _ = write_listing(cfg, listing)
+    import pandas as pd
+
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    y = encode_labels(df["labels"], listing.labels, multilabel=True)
+    assert listing.labels == ["happy", "sad"] and y.tolist() == [[1.0, 1.0]]

@@ -10,8 +10,8 @@ from typing import Optional
 from pipeline.config import PipelineConfig
 
 from .adapters import ADAPTERS
-from .base import (HASH_CACHE, SPLITS, Clip, ClipTableMissing, DatasetError, DatasetListing, HashCache, Problem,
-                   assign_splits, build_vocab, clip_id_for, clip_table_rows, resolve_inside)
+from .base import (HASH_CACHE, SPLITS, TABLE_LABEL_SEP, Clip, ClipTableMissing, DatasetError, DatasetListing,
+                   HashCache, Problem, assign_splits, build_vocab, clip_id_for, clip_table_rows, resolve_inside)
 
 __all__ = ["list_dataset", "write_listing", "read_clip_table", "Clip", "DatasetListing", "DatasetError",
            "Problem", "SPLITS", "listing_paths"]
@@ -32,6 +32,10 @@ def list_dataset(cfg: PipelineConfig, name: str, hash_cache: Optional[HashCache]
     seen: dict[str, Clip] = {}
     for c in raw:
         try:
+            joined = [lab for lab in c.labels if TABLE_LABEL_SEP in lab]
+            if joined:   # the clip table joins a clip's labels with it: 'a|b' would come back as two labels
+                raise DatasetError(f"{c.source}: label(s) {joined} contain {TABLE_LABEL_SEP!r}, which the clip "
+                                   f"table uses to join labels; rename the label or split it with label_sep")
             if c.path:
                 media = resolve_inside(root, c.path, c.source)
                 try:   # strict: 'nosuchdir/../x.wav' must not pass because x.wav exists

@@ -95,6 +95,7 @@ def resolve_inside(root: Path, rel: str, source: str) -> Path:
     return p
 
 
+TABLE_LABEL_SEP = "|"   # a clip table joins a multi-label clip's class names with this
 HASH_CACHE = ".emocache/file_hashes.json"   # under base_dir: listing and decode-time checks share it
 
 
@@ -221,7 +222,7 @@ def clip_table_rows(listing: DatasetListing) -> list[dict]:
         d = asdict(c)
         row = {"clip_id": c.clip_id, "dataset": c.dataset, "path": c.path or "", "start": c.start,
                "end": "" if c.end is None else c.end, "split": c.split, "group": c.group or "",
-               "labels": "|".join(c.labels), "media_sha256": c.media_sha256 or "",
+               "labels": TABLE_LABEL_SEP.join(c.labels), "media_sha256": c.media_sha256 or "",
                "annotation": json.dumps(c.annotation) if c.annotation else "", "source": c.source,
                "media_size": "" if c.media_size is None else c.media_size}
         for f in fields:
