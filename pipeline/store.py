@@ -347,6 +347,10 @@ class FeatureStore:
 
     def set_current(self, key: str, fingerprint: str, meta: dict) -> None:
         """Record the extractor's metadata under its fingerprint and make it the one readers use."""
+        doc = {"meta": _jsonable(meta)}
+        stored = self.backend.get_doc(f"{key}/{fingerprint}") or {}
+        if self.current_fingerprint(key) == fingerprint and _jsonable(stored) == doc:
+            return   # already so: a rerun writes nothing (and works on a read-only store)
         with self._writing(f"metadata of {key!r}"):
             self.backend.put_doc(f"{key}/{fingerprint}", {"meta": meta})
             self.backend.put_doc(key, {"current": fingerprint})

@@ -12,6 +12,7 @@ is older than `store.remote_gc_age_s` (pipeline/store.py), so a live writer's se
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -38,8 +39,18 @@ def store_lock(root: str, owner: str) -> Iterator[None]:
         yield
         return
     path = Path(root) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # A store we may only read (a shared, read-only mount): nothing can be written, so there is nothing to
+        # guard. A run with nothing to extract succeeds; one that must write fails at its first commit, naming
+        # the store (StoreWriteError).
+        log.info("store %s is read-only here (%s): running without the writer lock", root, e.strerror)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

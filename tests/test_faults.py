@@ -180,6 +180,32 @@ def test_real_full_disk_via_tiny_tmpfs(tmp_path, shared_data, reference):
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
 
 
+def test_read_only_store_with_nothing_to_do_succeeds_and_a_write_names_the_store(tmp_path, shared_data, reference):
+    """A complete store on a read-only mount (shared cache): a rerun with nothing to extract succeeds (the writer
+    lock cannot be created there and is not needed); one that must write fails naming the store."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    ref, ref_root = reference
+    mnt = tmp_path / "ro"
+    _mount_tmpfs(mnt, 64 * 1024)
+    try:
+        shutil.copytree(ref_root, mnt / "audio.zarr")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True, timeout=30)
+        cfg = Config.model_validate(_raw(tmp_path, shared_data, mnt))
+        s = extract(cfg, ["rav"], show_progress=False)
+        assert all(s.stats[k].done == 0 and s.stats[k].skipped == N_CLIPS for k in KEYS)
+        assert _assert_equal_to(_snapshot(mnt / "audio.zarr"), ref) == N_CLIPS * len(KEYS)
+        new = sorted((shared_data / "ravdess_subset" / "Actor_02").glob("*.wav"))[0]
+        shutil.copy(new, _media(tmp_path, shared_data))
+        from pipeline.datasets import list_dataset, write_listing
+
+        write_listing(cfg, list_dataset(cfg, "rav"))    # one more clip listed: now there is something to write
+        with pytest.raises(StoreWriteError, match=r"audio.zarr: could not write .*Read-only file system"):
+            extract(cfg, ["rav"], show_progress=False)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
 # ---------------------------------------------------------------- safe loading
 SOURCE_DIRS = ["pipeline", "heads", "emocache", "benchmarks"]
 
