@@ -12,7 +12,7 @@ import torch
 
 from emocache.config import ExperimentConfig
 from heads.models import Inputs
-from heads.registry import HeadKind, head_kind
+from heads.registry import HeadKind, head_kind, known_kinds
 
 FORMAT = 1
 
@@ -56,6 +56,9 @@ def load_checkpoint(path: Path) -> TrainedHead:
     doc = torch.load(Path(path), map_location="cpu", weights_only=True)
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {doc.get('format')!r}, this code reads {FORMAT}")
+    if doc.get("head") not in known_kinds():   # e.g. a kind that a plugin registered, not loaded here
+        raise ValueError(f"{path}: head kind {doc.get('head')!r} is not registered; known kinds: "
+                         f"{', '.join(known_kinds())}")
     exp = ExperimentConfig.model_validate(doc["experiment"])
     model = head_kind(doc["head"]).load(doc, exp, doc["input_dims"], len(doc["vocab"]), doc["multilabel"])
     return TrainedHead(doc, exp, model)
