@@ -91,9 +91,11 @@ class LateFusionHead(HeadKind):
                                                                    exp.train.threshold),
                                          exp.late_fusion_grid_step, len(keys))
         records = [parts[k].record for k in keys]
-        record = FitRecord([h for r in records for h in r.history], {k: v for r in records for k, v in r.best_epoch.items()},
-                           {k: v for r in records for k, v in r.epochs_run.items()}, sum(r.seconds for r in records),
-                           records[-1].schedule, {"weights": dict(zip(keys, weights.tolist())), "source": source})
+        record = FitRecord(history=[h for r in records for h in r.history],
+                           best_epoch={k: v for r in records for k, v in r.best_epoch.items()},
+                           epochs_run={k: v for r in records for k, v in r.epochs_run.items()},
+                           seconds=sum(r.seconds for r in records), schedule=records[-1].schedule,
+                           facts={"weights": dict(zip(keys, weights.tolist())), "source": source})
         return cls(parts, weights, record)
 
     def predict_proba(self, inputs: "Inputs") -> np.ndarray:
@@ -119,4 +121,5 @@ class LateFusionHead(HeadKind):
     def result_extras(cls, records: list[FitRecord], keys: list[str]) -> dict:
         w = np.asarray([[r.facts["weights"][k] for k in keys] for r in records])
         return {"late_fusion_weights": {"mean": dict(zip(keys, w.mean(0).tolist())),
-                                        "std": dict(zip(keys, w.std(0).tolist())), "source": records[0].facts["source"]}}
+                                        "std": dict(zip(keys, w.std(0).tolist())),
+                                        "source": records[0].facts["source"]}}
