@@ -99,7 +99,7 @@ def time_head(kind: str, n_clips: int, shapes: dict, n_classes: int, multilabel:
 
     from emocache.config import ExperimentConfig
     from heads.synthetic import make_synthetic
-    from heads.train import fit_neural
+    from heads.neural import fit_neural
 
     data = make_synthetic(n_clips, shapes, n_classes, multilabel, signal=0.3, min_rows=min_rows)
     # the paper recipe (SVCEmotion: Adam, lr/10 at 150 and 230 of 300 epochs); no early stop, no warm-up

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from heads.train import fit_neural
+    from heads.neural import fit_neural
     from heads.tune import search
 
     data = make_synthetic(a.clips, {"text": (1, a.dim)}, a.classes, multilabel=False, signal=0.15, seed=0,

@@ -325,9 +325,10 @@ def _train_summary(cfg, experiment: str, result: dict, out: str, name: Optional[
     name = name or experiment
     n = result.get("n_clips", {})
     secs = result.get("train_seconds", {}).get("total", 0.0)
-    passes = len(exp.modalities) if exp.head == "late_fusion" else 1   # late fusion trains one MLP per modality
-    ran = [sum(r.values()) for r in result.get("epochs_run", [])]   # per seed, summed over late-fusion MLPs
-    epochs = 0 if exp.head == "logreg" or not ran else round(sum(ran) / len(ran) / passes)
+    runs = result.get("epochs_run", [])   # per seed: {network: epochs}, one network per modality in late fusion
+    passes = max(1, len(runs[0])) if runs else 1          # a closed-form fit (logreg) ran no epochs: {}
+    ran = [sum(r.values()) for r in runs]
+    epochs = round(sum(ran) / len(ran) / passes) if ran else 0
     work = n.get("train", 0) * epochs * len(result.get("seeds", [])) * passes
     rate = f"{work / secs:.0f} clip-epochs/s" if secs > 0 and work else "-"
     m = result.get("metrics", {})

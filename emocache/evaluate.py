@@ -25,7 +25,7 @@ def evaluate_experiment(cfg: Config, name: str, models_dir: str | Path = "models
     from heads.checkpoint import load_checkpoint
     from heads.cli_glue import family_of
     from heads.data import load_head_data, open_stores, pretrained_flags
-    from heads.metrics import multilabel_metrics, singlelabel_metrics
+    from heads.scoring import score_split
     from pipeline.datasets import read_clip_table
 
     ckpt = cfg.path(models_dir) / name / "model.pt"
@@ -49,15 +49,8 @@ def evaluate_experiment(cfg: Config, name: str, models_dir: str | Path = "models
         raise EvaluateError(f"split {split!r} has no clips in dataset {exp.dataset!r}")
     idx = data.splits[split]
     probs = np.asarray(head.predict_proba(data.inputs(idx, keys)))
-    ml = bool(head.doc["multilabel"])
-    if ml:
-        y = data.y[idx].numpy()
-        m = multilabel_metrics(y, probs, exp.train.threshold)
-        if head.doc.get("thresholds") is not None:   # the checkpoint's val-tuned per-class thresholds
-            tuned = multilabel_metrics(y, probs, head.thresholds)
-            m.update({f"{k}_tuned": v for k, v in tuned.items() if not isinstance(v, list)})
-    else:
-        m = singlelabel_metrics(data.targets(idx).numpy(), probs)
+    tuned = head.thresholds if head.doc.get("thresholds") is not None else None   # val-tuned, per class
+    m = score_split(data, split, probs, exp.train.threshold, tuned)   # what train scored each seed with
     flags = pretrained_flags(stores, keys)
     out = {"experiment": name, "checkpoint": str(ckpt), "dataset": exp.dataset, "head": head.doc["head"],
            "modalities": keys, "seed": head.doc["seed"], "split": split, "n_clips": int(len(idx)),

@@ -1,13 +1,18 @@
-"""Logistic regression on mean-pooled features (sklearn): the cheap reference head for the benchmarks."""
+"""Logistic regression on mean-pooled features (sklearn): the cheap reference head for the benchmarks
+(the registry's logreg kind)."""
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
 import torch
 
-from heads.config import LogRegConfig
+from heads.config import ExperimentConfig, LogRegConfig
+from heads.data import HeadData
 from heads.models import Inputs, valid_mask
+from heads.registry import FitRecord, HeadKind
+from heads.scoring import truth
 
 
 def mean_pooled(inputs: Inputs) -> np.ndarray:
@@ -19,13 +24,25 @@ def mean_pooled(inputs: Inputs) -> np.ndarray:
     return torch.cat(parts, dim=1).numpy().astype(np.float64)
 
 
-class LogRegHead:
+class LogRegHead(HeadKind):
     """Standardise -> one-vs-rest (multi-label) or multinomial (single-label) logistic regression."""
+
+    uses_device = False   # sklearn: CPU whatever train.device says
 
     def __init__(self, cfg: LogRegConfig, multilabel: bool, n_classes: int, seed: int):
         self.cfg, self.multilabel, self.n_classes, self.seed = cfg, multilabel, n_classes, seed
+        self.record = FitRecord()
 
-    def fit(self, inputs: Inputs, y: np.ndarray) -> "LogRegHead":
+    @classmethod
+    def fit(cls, exp: ExperimentConfig, data: HeadData, keys: list[str], seed: int,
+            device: torch.device) -> "LogRegHead":
+        t0 = time.perf_counter()
+        head = cls(exp.logreg, data.multilabel, data.n_classes, seed).fit_arrays(
+            data.inputs(data.splits["train"], keys), truth(data, "train"))
+        head.record = FitRecord(seconds=time.perf_counter() - t0)
+        return head
+
+    def fit_arrays(self, inputs: Inputs, y: np.ndarray) -> "LogRegHead":
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -68,12 +85,14 @@ class LogRegHead:
 
     def state(self) -> dict:
         """Plain tensors only (checkpoints load with weights_only=True)."""
-        return {"coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept),
-                "mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale)}
+        return {"logreg": {"coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept),
+                           "mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale)}}
 
     @classmethod
-    def from_state(cls, state: dict, cfg: LogRegConfig, multilabel: bool) -> "LogRegHead":
-        head = cls(cfg, multilabel, int(state["coef"].shape[0]), seed=0)
-        head.coef, head.intercept = state["coef"].numpy(), state["intercept"].numpy()
-        head.mean, head.scale = state["mean"].numpy(), state["scale"].numpy()
+    def load(cls, state: dict, exp: ExperimentConfig, input_dims: dict[str, int], n_classes: int,
+             multilabel: bool) -> "LogRegHead":
+        s = state["logreg"]
+        head = cls(exp.logreg, multilabel, int(s["coef"].shape[0]), seed=0)
+        head.coef, head.intercept = s["coef"].numpy(), s["intercept"].numpy()
+        head.mean, head.scale = s["mean"].numpy(), s["scale"].numpy()
         return head

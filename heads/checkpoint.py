@@ -1,5 +1,6 @@
 """Save / load a trained head. Only tensors and plain Python types are saved, so loading uses
-torch.load(weights_only=True) and never runs pickled code."""
+torch.load(weights_only=True) and never runs pickled code. The head kind's own state (HeadKind.state) sits at
+the top level of the saved dict; the registry's HeadKind.load reads it back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +11,8 @@ import numpy as np
 import torch
 
 from heads.config import ExperimentConfig
-from heads.baselines import LogRegHead
-from heads.fusion import fuse
-from heads.models import Inputs, build_head, predict_logits, probabilities
+from heads.models import Inputs
+from heads.registry import HeadKind, head_kind, known_kinds
 
 FORMAT = 1
 
@@ -20,8 +20,8 @@ FORMAT = 1
 def save_checkpoint(path: Path, *, head: str, exp: ExperimentConfig, vocab: list[str], multilabel: bool,
                     input_dims: dict[str, int], seed: int, thresholds: Optional[list[float]],
                     state: dict) -> Path:
-    """state: {'state_dict': ...} (neural), {'heads': {key: state_dict}, 'fusion_weights': [...]} (late fusion)
-    or {'logreg': {...tensors}}."""
+    """state: the head kind's HeadKind.state() (neural: {'state_dict': ...}; late fusion: {'heads': ...,
+    'fusion_weights': [...]}; logreg: {'logreg': {...tensors}})."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "head": head, "experiment": exp.model_dump(mode="json"), "vocab": list(vocab),
@@ -37,7 +37,7 @@ class TrainedHead:
 
     doc: dict
     exp: ExperimentConfig
-    model: object
+    model: HeadKind
 
     @property
     def vocab(self) -> list[str]:
@@ -49,29 +49,16 @@ class TrainedHead:
         return np.asarray(t) if t is not None else np.full(len(self.vocab), self.exp.train.threshold)
 
     def predict_proba(self, inputs: Inputs) -> np.ndarray:
-        head, ml, bs = self.doc["head"], self.doc["multilabel"], self.exp.train.eval_batch_size
-        if head == "logreg":
-            return self.model.predict_proba(inputs)
-        if head == "late_fusion":
-            parts = [probabilities(predict_logits(m, {k: inputs[k]}, bs), ml).numpy() for k, m in self.model.items()]
-            return fuse(parts, np.asarray(self.doc["fusion_weights"]))
-        return probabilities(predict_logits(self.model, inputs, bs), ml).numpy()
+        return self.model.predict_proba(inputs)
 
 
 def load_checkpoint(path: Path) -> TrainedHead:
     doc = torch.load(Path(path), map_location="cpu", weights_only=True)
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {doc.get('format')!r}, this code reads {FORMAT}")
+    if doc.get("head") not in known_kinds():   # e.g. a kind that a plugin registered, not loaded here
+        raise ValueError(f"{path}: head kind {doc.get('head')!r} is not registered; known kinds: "
+                         f"{', '.join(known_kinds())}")
     exp = ExperimentConfig.model_validate(doc["experiment"])
-    n, dims, head = len(doc["vocab"]), doc["input_dims"], doc["head"]
-    if head == "logreg":
-        model = LogRegHead.from_state(doc["logreg"], exp.logreg, doc["multilabel"])
-    elif head == "late_fusion":
-        model = {}
-        for k, sd in doc["heads"].items():
-            model[k] = build_head("mlp", exp, {k: dims[k]}, n)
-            model[k].load_state_dict(sd)
-    else:
-        model = build_head(head, exp, dims, n)
-        model.load_state_dict(doc["state_dict"])
+    model = head_kind(doc["head"]).load(doc, exp, doc["input_dims"], len(doc["vocab"]), doc["multilabel"])
     return TrainedHead(doc, exp, model)

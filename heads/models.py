@@ -2,7 +2,7 @@
 
 Every encoder maps one modality's padded rows (B, T, D) + lengths (B,) to one vector per clip;
 a fusion module maps the concatenated vectors to one vector; a classifier maps that to logits.
-A new head is a new encoder or fusion class plus one line in `build_head`.
+A new network is an encoder or fusion class plus a builder here; heads/neural.py makes it a head kind.
 
 - linear: RowEncoder -> one linear layer (the linear probe model selection compares against).
 - mlp (SVCEmotion): RowEncoder (one random 0.96 s row per clip while training, mean of rows at eval)
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.config import ExperimentConfig, MLPConfig, NeXtVLADConfig
+from heads.config import MLPConfig, NeXtVLADConfig
 
 Inputs = dict[str, tuple[torch.Tensor, torch.Tensor]]   # key -> (x (B,T,D), lengths (B,))
 
@@ -184,34 +184,23 @@ def _safe(key: str) -> str:
     return key.replace(".", "__")   # ModuleDict keys may not contain '.'
 
 
-# ---------------------------------------------------------------- builders
-NEURAL_HEADS = ("linear", "mlp", "early_fusion", "nextvlad")
-
-
-def build_head(kind: str, exp: ExperimentConfig, input_dims: dict[str, int], n_classes: int) -> FusionHead:
+# ---------------------------------------------------------------- builders (heads/neural.py names them as kinds)
+def linear_probe(input_dims: dict[str, int], n_classes: int) -> FusionHead:
     """input_dims: {store key: feature width}, in the order the modalities are concatenated."""
-    if kind == "mlp":
-        if len(input_dims) != 1:
-            raise ValueError(f"head 'mlp' takes one modality, got {list(input_dims)}; "
-                             "use 'early_fusion' or 'late_fusion' to combine several")
-        return _row_mlp(input_dims, n_classes, exp.mlp)
-    if kind == "early_fusion":
-        return _row_mlp(input_dims, n_classes, exp.mlp)
-    if kind == "linear":   # a linear probe (several modalities: their row means concatenated)
-        encoders = {k: RowEncoder(d) for k, d in input_dims.items()}
-        fusion = ConcatFusion(sum(e.out_dim for e in encoders.values()))
-        return FusionHead(encoders, fusion, nn.Linear(fusion.out_dim, n_classes))
-    if kind == "nextvlad":
-        cfg = exp.nextvlad
-        encoders = {k: SequenceEncoder(d, cfg) for k, d in input_dims.items()}
-        fusion = SEFusion(sum(e.out_dim for e in encoders.values()), cfg.se_dim, cfg.se_reduction)
-        return FusionHead(encoders, fusion, MLPClassifier(fusion.out_dim, cfg.hidden, n_classes, cfg.dropout))
-    raise ValueError(f"build_head: {kind!r} is not a neural head ({NEURAL_HEADS})")
-
-
-def _row_mlp(input_dims: dict[str, int], n_classes: int, cfg: MLPConfig) -> FusionHead:
     encoders = {k: RowEncoder(d) for k, d in input_dims.items()}
     fusion = ConcatFusion(sum(e.out_dim for e in encoders.values()))
+    return FusionHead(encoders, fusion, nn.Linear(fusion.out_dim, n_classes))
+
+
+def row_mlp(input_dims: dict[str, int], n_classes: int, cfg: MLPConfig) -> FusionHead:
+    encoders = {k: RowEncoder(d) for k, d in input_dims.items()}
+    fusion = ConcatFusion(sum(e.out_dim for e in encoders.values()))
+    return FusionHead(encoders, fusion, MLPClassifier(fusion.out_dim, cfg.hidden, n_classes, cfg.dropout))
+
+
+def nextvlad_head(input_dims: dict[str, int], n_classes: int, cfg: NeXtVLADConfig) -> FusionHead:
+    encoders = {k: SequenceEncoder(d, cfg) for k, d in input_dims.items()}
+    fusion = SEFusion(sum(e.out_dim for e in encoders.values()), cfg.se_dim, cfg.se_reduction)
     return FusionHead(encoders, fusion, MLPClassifier(fusion.out_dim, cfg.hidden, n_classes, cfg.dropout))
 
 

@@ -24,9 +24,11 @@ import torch
 
 from heads.config import ExperimentConfig
 from heads.data import HeadData, carve_validation, without_split
-from heads.models import NEURAL_HEADS
+from heads.neural import fit_neural, neural_kinds, resolve_device
+from heads.registry import head_kind
 from heads.schedule import resolve_schedule
-from heads.train import fit_neural, resolve_device, select_metric, train_on_data
+from heads.scoring import select_metric
+from heads.train import train_on_data
 from pipeline.errors import InputError
 
 
@@ -53,18 +55,17 @@ class SearchResult:
 
 
 def candidate_heads(exp: ExperimentConfig) -> list[str]:
-    """tune.heads with 'own' resolved; 'mlp' means early_fusion when the experiment has several modalities."""
+    """tune.heads with 'own' resolved, each through its kind's search_kind (e.g. 'mlp' means early_fusion when
+    the experiment has several modalities; late_fusion searches its per-modality MLPs)."""
     out = []
+    searchable = neural_kinds()
     for h in exp.tune.heads:
-        kind = exp.head if h == OWN else h
-        if kind == "mlp" and len(exp.modalities) > 1:
-            kind = "early_fusion"
-        if kind == "late_fusion":
-            kind = "mlp" if len(exp.modalities) == 1 else "early_fusion"   # its per-modality MLPs
-        if kind not in NEURAL_HEADS:
+        kind = head_kind(exp.head if h == OWN else h).search_kind(len(exp.modalities))
+        if kind not in searchable:
             if h == OWN:
-                continue            # logreg / finetune_top: nothing to search here
-            raise TuneError(f"tune.heads: {h!r} is not a head the search can train ({NEURAL_HEADS} or 'own')")
+                continue            # logreg: nothing to search here
+            raise TuneError(f"tune.heads: {h!r} is not a head the search can train ({', '.join(searchable)} "
+                             "or 'own')")
         if kind not in out:
             out.append(kind)
     if not out:
@@ -79,7 +80,7 @@ def trial_experiment(exp: ExperimentConfig, params: Mapping) -> ExperimentConfig
                                          "epochs": params["epochs"], "class_balance": params["class_balance"]})
     update: dict = {"head": kind, "train": train}
     if "hidden" in params:
-        section = "nextvlad" if kind == "nextvlad" else "mlp"
+        section = head_kind(kind).width_section
         update[section] = getattr(exp, section).model_copy(update={"hidden": params["hidden"],
                                                                    "dropout": params["dropout"]})
     return exp.model_copy(update=update)
@@ -110,7 +111,7 @@ def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) 
                   "class_balance": trial.suggest_categorical("class_balance", space.class_balance)}
         scale = trial.suggest_float("epochs_scale", *space.epochs_scale, log=True)
         params["epochs"] = max(1, round(base_epochs * scale))
-        if kind != "linear":
+        if head_kind(kind).width_section:
             params["hidden"] = trial.suggest_categorical("hidden", space.hidden)
             params["dropout"] = trial.suggest_float("dropout", *space.dropout)
         texp = trial_experiment(exp, params)

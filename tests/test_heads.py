@@ -10,7 +10,8 @@ from emocache.config import ExperimentConfig
 from heads.data import load_head_data, uniform_rows
 from heads.fusion import fuse, fusion_weights, normalise_weights, simplex_grid, tune_weights
 from heads.losses import EPCELoss, build_loss, class_polarity, pos_weight
-from heads.models import NeXtVLAD, RowEncoder, SEFusion, SequenceEncoder, build_head
+from heads.models import NeXtVLAD, RowEncoder, SEFusion, SequenceEncoder
+from heads.neural import build_head
 from heads.synthetic import make_synthetic
 from heads.train import train_on_data
 
