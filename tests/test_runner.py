@@ -8,7 +8,7 @@ import pytest
 from emocache.config import Config
 from pipeline import media
 from pipeline.extractors.base import EXTRACTORS, ClipFeatures, Extractor, WeightsInfo, register
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore
 
 
