@@ -110,7 +110,7 @@ def run_reference(ref: TorchVGGish, paths) -> list[np.ndarray]:
 # ---------------------------------------------------------------- emocache
 def run_emocache(extractor, paths, batch_clips, decode, decode_workers):
     from pipeline.extractors.base import ClipInput
-    from pipeline.runner import prefetch_batches
+    from pipeline.worker import prefetch_batches
 
     idx = list(range(len(paths)))
     batches = [idx[i:i + batch_clips] for i in range(0, len(idx), batch_clips)]

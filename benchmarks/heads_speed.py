@@ -75,7 +75,7 @@ def measure_full_extraction(device: str) -> dict:
     import tempfile
 
     from emocache.config import Config
-    from pipeline.runner import extract
+    from pipeline.extract import extract
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

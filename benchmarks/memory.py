@@ -5,7 +5,7 @@
 
 The media are generated with ffmpeg's lavfi sources into a temp dir (nothing is committed): one minute of
 1280x720 testsrc video (MPEG-4, 5 fps), looped by stream copy to 10 and 60 minutes, and an hour of 16 kHz
-tone. Each extraction is a fresh `pipeline.runner.extract` process on a one-clip dataset; its peak RSS is
+tone. Each extraction is a fresh `pipeline.extract.extract` process on a one-clip dataset; its peak RSS is
 the child's ru_maxrss. Video: the `mobilenet` frame encoder (decode at media.decode_fps, T sampled frames),
 with media.max_frames as in params; the baseline is the same run with max_frames off (every frame at
 decode_fps decoded and held, as before), measured in the same run at 1 and 3 minutes (more would not fit
@@ -55,7 +55,7 @@ def child(kind: str, media: str, work: str, max_frames: int) -> None:
     import csv
 
     from emocache.config import Config
-    from pipeline.runner import extract
+    from pipeline.extract import extract
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """Scale-out throughput: the local executor vs the Ray executor with 1 and 2 workers.
 
 For each configuration the fixed cost of a run is timed apart from the clips:
-  start:   local: Worker() loads the extractors; ray: actors start and load theirs (in parallel)
-  process: local: Worker.run(todo); ray: executors.dispatch(todo) - chunks to free actors, commits,
-           stats gathered - i.e. everything the clips cost once the models are loaded.
+  start:   Executor.start(): local: Worker() loads the extractors; ray: actors start and load theirs
+           (in parallel)
+  process: Executor.run(todo): local: one Worker; ray: chunks to free actors, commits, stats gathered -
+           i.e. everything the clips cost once the models are loaded.
 Each point is the fastest of --repeats runs into a fresh store (other work on a shared machine
 can only slow a run down). Printed: start seconds, ms/clip, clips/s, the speed-up of 2 over 1 Ray
 worker, and the per-clip overhead Ray adds over the local executor (1 worker, 1 thread each).
@@ -43,7 +44,7 @@ def config(tmp: Path, media: Path, store: str, executor: str, workers: int, extr
 
 
 def records(cfg):
-    from pipeline.runner import load_clip_records
+    from pipeline.extract import load_clip_records
 
     recs = load_clip_records(cfg, "rav")
     for r in recs:
@@ -51,41 +52,22 @@ def records(cfg):
     return recs
 
 
-def run_local(cfg) -> tuple[float, float, int]:
-    from pipeline.runner import Worker, plan
+def run_executor(cfg) -> tuple[float, float, int]:
+    """(start seconds, process seconds, clips planned) of one extraction with cfg's executor."""
+    from pipeline.extract import executor_for, plan
+    from pipeline.store_view import StoreView
 
     specs, recs = list(cfg.dataset("rav").extractors), records(cfg)
     t0 = time.perf_counter()
-    w = Worker(cfg, specs, run_id=uuid.uuid4().hex[:8])
-    w.prepare()
-    todo, _ = plan(w, recs)
-    t1 = time.perf_counter()
-    w.run(todo, show_progress=False)
-    assert not w.failures, w.failures[:2]
-    return t1 - t0, time.perf_counter() - t1, len(todo)
-
-
-def run_ray(cfg) -> tuple[float, float, int]:
-    import ray
-
-    from pipeline import executors
-    from pipeline.runner import ExtractorStats, plan
-
-    specs, recs, run_id = list(cfg.dataset("rav").extractors), records(cfg), uuid.uuid4().hex[:8]
-    t0 = time.perf_counter()
-    actors, described = executors.start_actors(cfg, specs, run_id)
-    try:
-        view = executors.StorePlan(cfg, described[0])
+    with executor_for(cfg, specs, uuid.uuid4().hex[:8]) as ex:
+        described = ex.start()
+        view = StoreView(cfg, described["extractors"], described["order"])
         view.prepare()
         todo, _ = plan(view, recs)
-        stats = {k: ExtractorStats() for k in view.order}
         t1 = time.perf_counter()
-        failures, _ = executors.dispatch(actors, todo, cfg, view, stats, run_id, False)
+        outcome = ex.run(todo, view, show_progress=False)
         t2 = time.perf_counter()
-    finally:
-        for a in actors:
-            ray.kill(a)
-    assert not failures, failures[:2]
+    assert not outcome.failures, outcome.failures[:2]
     return t1 - t0, t2 - t1, len(todo)
 
 
@@ -102,7 +84,7 @@ def main() -> None:
     import ray
 
     wavs = sorted((SHARED / "ravdess_subset").rglob("*.wav"))[: args.clips]
-    runs = [("local", "local", 1, run_local), ("ray, 1 worker", "ray", 1, run_ray), ("ray, 2 workers", "ray", 2, run_ray)]
+    runs = [("local", "local", 1), ("ray, 1 worker", "ray", 1), ("ray, 2 workers", "ray", 2)]
     with tempfile.TemporaryDirectory(prefix="emocache-scale-") as d:
         tmp = Path(d)
         (tmp / "media").mkdir()
@@ -114,12 +96,12 @@ def main() -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
         print(f"ray.init (local cluster, {args.cpus} CPUs): {time.perf_counter() - t:.1f} s")
         per_clip = {}
-        for label, executor, workers, fn in runs:
+        for label, executor, workers in runs:
             best = None
             for r in range(args.repeats):
                 cfg = config(tmp, tmp / "media", f"{executor}{workers}-{r}", executor, workers, args.extractors,
                              args.flush_clips)
-                start, proc, n = fn(cfg)
+                start, proc, n = run_executor(cfg)
                 assert n == len(wavs), f"expected {len(wavs)} clips to process, planned {n}"
                 best = (start, proc) if best is None or proc < best[1] else best
             per_clip[label] = best[1] / len(wavs)

@@ -171,7 +171,7 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     `store.flush_clips` clips, records failed clips in the store's failure table and goes on.
     """
     _setup_logging(verbose)
-    from pipeline.runner import extract as run_extract
+    from pipeline.extract import extract as run_extract
 
     cfg = _config(params)
     names = _dataset_names(cfg, dataset)

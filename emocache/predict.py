@@ -117,12 +117,13 @@ def speech_segments(cfg: Config, audio: np.ndarray, duration: float) -> list[Seg
 # ---------------------------------------------------------------- extraction through the runner
 def _extract(cfg: Config, specs: list[str], records: list) -> tuple[dict[str, str], dict, list[dict]]:
     """Run the Worker on the records (only what the stores lack). Returns (fingerprints, cache counts, failures)."""
-    from pipeline.runner import Worker, plan
+    from pipeline.extract import plan
+    from pipeline.worker import Worker
 
     worker = Worker(cfg, specs, run_id="predict-" + uuid.uuid4().hex[:8])
-    with worker.locked():      # an `extract` writing to the same store finishes first
-        worker.prepare(gc=False)
-        todo, skipped = plan(worker, records)
+    with worker.view.locked(f"{worker.writer} run {worker.run_id}"):   # an `extract` on the store finishes first
+        worker.view.prepare(gc=False)
+        todo, skipped = plan(worker.view, records)
         computed = {k: sum(k in r.missing for r in todo) for k in worker.order}
         worker.run(todo, show_progress=len(todo) > 1)
     pretrained = {k: (e.weights.pretrained if e.weights else None) for k, e in worker.extractors.items()}
@@ -166,7 +167,7 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
     from heads.checkpoint import load_checkpoint
     from pipeline import media
     from pipeline.datasets.base import HASH_CACHE, HashCache, clip_id_for
-    from pipeline.runner import ClipRecord
+    from pipeline.worker import ClipRecord
 
     t0 = time.perf_counter()
     video = Path(video).resolve()

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from pipeline.batching import decode_free_keys, plan_passes  # noqa: E402
 from pipeline.extractors.base import ClipInput, build_extractor  # noqa: E402
-from pipeline.runner import ClipRecord, Worker  # noqa: E402
+from pipeline.worker import ClipRecord, Worker  # noqa: E402
 
 # Float32 round-off only: a different bucket changes the padded width and so the shapes oneDNN blocks its
 # matmuls with; over 6 layers of 384-1536-wide sums of O(1) terms that moves outputs by ~1e-6 (measured
@@ -61,7 +61,7 @@ def test_runner_hands_text_all_clips_at_once_not_batch_clips(make_config, meld_t
     cfg = make_config(runtime={"device": "cpu", "batch_clips": 2, "decode_free_batch_clips": 25},
                       extractors={"text": {"model": "minilm-bundled"}})
     worker = Worker(cfg, ["text.transcript"])
-    worker.prepare()
+    worker.view.prepare()
     ext = worker.extractors["text.transcript"]
     sizes = []
     real = ext.extract_batch
@@ -70,7 +70,7 @@ def test_runner_hands_text_all_clips_at_once_not_batch_clips(make_config, meld_t
             for i, t in enumerate(meld_texts)]
     worker.run(recs, show_progress=False)
     assert sizes == [25, 25, len(meld_texts) - 50]   # decode_free_batch_clips per call, not batch_clips = 2
-    assert worker.present("text.transcript") == {r.clip_id for r in recs}
+    assert worker.view.present("text.transcript") == {r.clip_id for r in recs}
 
 
 def test_plan_passes_splits_decode_free_from_decoding_extractors(make_config):

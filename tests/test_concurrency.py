@@ -22,7 +22,7 @@ from emocache.config import load_config
 from emocache.status import collect_status
 from pipeline import media
 from pipeline.datasets import list_dataset, write_listing
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore, store_path
 
 KEY = "egemaps"

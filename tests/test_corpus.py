@@ -20,7 +20,7 @@ import pytest
 
 from emocache.config import Config
 from pipeline.datasets import list_dataset, read_clip_table
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ def _cmd(params):
 
 def _rerun(params) -> None:
     from emocache.config import load_config
-    from pipeline.runner import extract
+    from pipeline.extract import extract
 
     summary = extract(load_config(params), family="audio", show_progress=False)
     assert not summary.failures, summary.failures

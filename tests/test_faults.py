@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from emocache.config import Config
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore, StoreWriteError, ZarrBackend
 
 REPO = Path(__file__).resolve().parents[1]

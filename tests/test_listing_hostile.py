@@ -12,7 +12,7 @@ import pytest
 from emocache.status import collect_status
 from pipeline import media
 from pipeline.datasets import list_dataset, write_listing
-from pipeline.runner import extract
+from pipeline.extract import extract
 
 
 def _tone(p: Path, seconds: float = 1.0, f: int = 330) -> Path:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline import media
-from pipeline.runner import extract, prefetch_batches
+from pipeline.extract import extract
+from pipeline.worker import prefetch_batches
 from pipeline.store import FeatureStore
 
 

@@ -8,7 +8,7 @@ import pytest
 from emocache.config import Config
 from pipeline import media
 from pipeline.extractors.base import EXTRACTORS, ClipFeatures, Extractor, WeightsInfo, register
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore
 
 
@@ -139,3 +139,25 @@ def test_same_clip_in_two_datasets_is_extracted_once(make_config, tmp_path, shar
     cfg.datasets["d2"] = d2
     s = extract(cfg, ["d", "d2"], show_progress=False)
     assert s.stats["test_rms"].done == 5 and s.decodes["audio"] == 6
+
+
+def test_orchestrator_executors_worker_import_downward_only():
+    """extract (plans, picks the executor) -> executors -> worker / store view: no module imports one above it,
+    and Ray is imported only by the Ray executor."""
+    import subprocess
+    import sys
+
+    def loaded(module: str) -> set[str]:
+        code = (f"import sys, {module}; print(' '.join(m for m in sys.modules if m == 'ray' "
+                f"or m.startswith(('pipeline.', 'emocache.cli'))))")
+        return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+    above = {"pipeline.worker": {"pipeline.extract", "pipeline.executors.base", "pipeline.executors.local",
+                                 "pipeline.executors.ray_cluster"},
+             "pipeline.store_view": {"pipeline.extract", "pipeline.worker", "pipeline.executors.base"},
+             "pipeline.executors.local": {"pipeline.extract", "pipeline.executors.ray_cluster"},
+             "pipeline.executors.ray_cluster": {"pipeline.extract", "pipeline.executors.local"}}
+    for module, forbidden in above.items():
+        got = loaded(module)
+        assert module in got and not got & forbidden, f"{module} loads {sorted(got & forbidden)}"
+    assert "ray" not in loaded("pipeline.extract") and "ray" not in loaded("pipeline.executors.ray_cluster")

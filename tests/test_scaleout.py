@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from emocache.config import Config  # noqa: E402
 from pipeline.extractors.base import ClipFeatures  # noqa: E402
-from pipeline.runner import extract  # noqa: E402
+from pipeline.extract import extract  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_dvc_push_pull_store_through_s3_remote(work, reference, s3_endpoint, tmp
 # ---------------------------------------------------------------- a worker killed mid-run
 @pytest.mark.slow
 def test_killed_ray_worker_loses_only_uncommitted_clips_and_rerun_completes(ray_cluster, work, reference):
-    from pipeline.executors import LOST, named_actors
+    from pipeline.executors.ray_cluster import LOST, named_actors
 
     cfg = _config(work, str(work / "killed"), executor="ray", flush_clips=1)  # one clip per segment
     st = FeatureStore(work / "killed" / "audio.zarr")
@@ -272,7 +272,7 @@ def test_killed_ray_worker_loses_only_uncommitted_clips_and_rerun_completes(ray_
 
 
 def test_gpu_actors_request_gpus_only_when_the_cluster_has_them(ray_cluster, work, monkeypatch):
-    from pipeline.executors import actor_resources
+    from pipeline.executors.ray_cluster import actor_resources
 
     def cfg(device):
         c = _config(work, str(work / "unused"), executor="ray")
@@ -294,7 +294,7 @@ def test_ray_load_error_is_the_local_one(ray_cluster, work):
     cfg = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={"allow_untrained": []})})
     with pytest.raises(MissingWeightsError, match="allow_untrained"):
         extract(cfg, show_progress=False)
-    from pipeline.executors import named_actors
+    from pipeline.executors.ray_cluster import named_actors
 
     deadline = time.monotonic() + 10   # ray.kill is asynchronous
     while named_actors() and time.monotonic() < deadline:

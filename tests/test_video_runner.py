@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.runner import extract
+from pipeline.extract import extract
 from pipeline.store import FeatureStore
 
 

@@ -1,13 +1,10 @@
-"""Extraction: plan what is missing, decode each clip once, feed every extractor that needs it, commit.
+"""The Worker: loads extractors once, decodes each clip once, feeds every extractor that needs it, commits.
 
-plan():    for each requested extractor, which clips lack rows under its current fingerprint.
-           A clip for which nothing is missing is not decoded at all.
-Worker:    loads extractors once, decodes a batch of clips once (audio and/or frames, only
-           what the missing extractors need), runs extractors in dependency order, and
-           commits segments of `store.flush_clips` clips. A clip that fails is recorded in
-           the failure table with the stage and reason, and the run goes on.
-The local executor runs one Worker in this process; the Ray executor runs one per actor
-(pipeline/executors.py) — the same code either way.
+It decodes a batch of clips once (audio and/or frames, only what the missing extractors need), runs the
+extractors in dependency order and commits segments of `store.flush_clips` clips. A clip that fails is
+recorded in the failure table with the stage and reason, and the run goes on.
+What to run is planned elsewhere (pipeline/extract.py); the local executor runs one Worker in this process,
+the Ray executor one per actor (pipeline/executors/) - the same code either way.
 """
 from __future__ import annotations
 
@@ -19,18 +16,17 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.progress import progress
 from pipeline import media
-from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor, weights_label
+from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
 from pipeline.interrupt import InterruptFlag, deferred_sigint
-from pipeline.provenance import version_changes
 from pipeline.store import FeatureStore
-from pipeline.store_lock import store_locks
+from pipeline.store_view import StoreView
 
 log = logging.getLogger("emocache.extract")
 
@@ -66,39 +62,22 @@ class ExtractorStats:
 
 
 @dataclass
-class RunSummary:
-    run_id: str
-    stats: dict[str, ExtractorStats]
-    failures: list[dict]
-    decodes: dict[str, int]
-    seconds: float
+class Outcome:
+    """What running some clips did: per-extractor counts, failure rows, decodes (plain data: travels back
+    from Ray actors). Executors add up the outcomes of their chunks."""
 
-    def lines(self) -> list[str]:
-        out = []
-        for key, s in self.stats.items():
-            rate = f"{s.done / s.seconds:.2f} clips/s" if s.seconds > 0 and s.done else "-"
-            pre = "" if s.pretrained is None else "  " + weights_label(s.pretrained, s.learned)
-            out.append(f"{key:<18} done {s.done:>5}  cached {s.skipped:>5}  failed {s.failed:>4}  "
-                       f"empty {s.empty:>4}  {s.seconds:7.1f} s  {rate}{pre}")
-        out.append(f"decodes: audio {self.decodes.get('audio', 0)}, frames {self.decodes.get('frames', 0)}; "
-                   f"total {self.seconds:.1f} s; failures {len(self.failures)}")
-        return out
+    stats: dict[str, ExtractorStats] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    decodes: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "seconds": round(self.seconds, 3), "decodes": self.decodes,
-                "extractors": {k: vars(v) for k, v in self.stats.items()}, "n_failures": len(self.failures)}
-
-
-# ---------------------------------------------------------------- planning
-def extractor_specs(cfg: PipelineConfig, datasets: Iterable[str], family: Optional[str]) -> list[str]:
-    specs: list[str] = []
-    for name in datasets:
-        for spec in cfg.dataset(name).extractors:
-            if spec not in specs:
-                specs.append(spec)
-    if family:
-        specs = [s for s in specs if build_extractor(cfg, s).family == family]
-    return specs
+    def add(self, other: "Outcome") -> None:
+        for k, d in other.stats.items():
+            s = self.stats.setdefault(k, ExtractorStats())
+            s.done, s.failed, s.empty, s.seconds = s.done + d.done, s.failed + d.failed, s.empty + d.empty, \
+                s.seconds + d.seconds
+        self.failures += other.failures
+        for k, n in other.decodes.items():
+            self.decodes[k] = self.decodes.get(k, 0) + n
 
 
 def order_by_dependencies(extractors: dict[str, Extractor]) -> list[str]:
@@ -116,39 +95,6 @@ def order_by_dependencies(extractors: dict[str, Extractor]) -> list[str]:
             raise ValueError(f"extractor dependency cycle among {pending}")
     return done
 
-
-def load_clip_records(cfg: PipelineConfig, dataset: str) -> list[ClipRecord]:
-    from pipeline.datasets import list_dataset, read_clip_table, write_listing
-
-    try:
-        df, _ = read_clip_table(cfg, dataset)
-    except FileNotFoundError:
-        write_listing(cfg, list_dataset(cfg, dataset))
-        df, _ = read_clip_table(cfg, dataset)
-    import json
-
-    root = cfg.path(cfg.dataset(dataset).root)
-    text_cols = [c for c in df.columns if c.startswith("text_")]
-    out = []
-    for row in df.itertuples(index=False):
-        r = row._asdict()
-        out.append(ClipRecord(clip_id=r["clip_id"], dataset=dataset,
-                              media=str(root / r["path"]) if r["path"] else None,
-                              start=float(r["start"]), end=_end_or_none(r["end"]),
-                              text={c[5:]: (r[c] or None) for c in text_cols},
-                              annotation=json.loads(r["annotation"]) if r.get("annotation") else {},
-                              root=str(root), rel_path=r["path"] or None,
-                              size=int(r["media_size"]) if r.get("media_size") else None,
-                              sha256=r.get("media_sha256") or None))
-    return out
-
-
-def _end_or_none(v) -> Optional[float]:
-    """Segment end in seconds; None (to the end of the file) for '', None or NaN."""
-    if v is None or v == "":
-        return None
-    v = float(v)
-    return None if v != v else v  # NaN: pandas' spelling of a missing value
 
 
 # ---------------------------------------------------------------- decoding ahead
@@ -182,7 +128,7 @@ def _decoded_bytes(dec) -> int:
 
 # ---------------------------------------------------------------- the worker
 class Worker:
-    """Loads extractors once; processes lists of ClipRecords; commits to the family stores."""
+    """Loads extractors once; processes lists of ClipRecords; commits to the family stores (its `view`)."""
 
     def __init__(self, cfg: PipelineConfig, specs: list[str], writer: str = "", run_id: str = "",
                  storage_options: Optional[dict] = None):
@@ -198,11 +144,8 @@ class Worker:
         self.order = order_by_dependencies(self.extractors)
         self.fp = {k: e.fingerprint() for k, e in self.extractors.items()}
         self._hashes = None   # the listing's hash cache, opened when a clip's media is checked
-        self.stores: dict[str, FeatureStore] = {}
-        for k, e in self.extractors.items():
-            if e.family not in self.stores:
-                self.stores[e.family] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), e.family,
-                                                                storage_options)
+        self.view = StoreView(cfg, self.describe()["extractors"], self.order, storage_options)
+        self.stores = self.view.stores
         self.stats = {k: ExtractorStats(pretrained=e.weights.pretrained if e.weights else None,
                                         learned=e.weights.learned if e.weights else True)
                       for k, e in self.extractors.items()}
@@ -210,33 +153,31 @@ class Worker:
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
         self.interrupt = InterruptFlag()     # replaced by a live one while run() runs
 
+    def describe(self) -> dict:
+        """What the orchestrator needs to plan, as plain data: the extractors in spec order with family,
+        fingerprint, metadata and weights; their dependency order; who this worker is."""
+        import socket
+
+        ex = {k: {"family": e.family, "fingerprint": self.fp[k], "metadata": e.metadata(),
+                  "pretrained": e.weights.pretrained if e.weights else None,
+                  "learned": e.weights.learned if e.weights else True} for k, e in self.extractors.items()}
+        return {"order": self.order, "extractors": ex,
+                "worker": {"writer": self.writer, "host": socket.gethostname(), "pid": os.getpid()}}
+
     def store_of(self, key: str) -> FeatureStore:
-        return self.stores[self.extractors[key].family]
+        return self.view.store_of(key)
 
-    def locked(self):
-        """Hold the writer lock of every store this worker writes (plan, run and commit under it)."""
-        return store_locks([st.root for st in self.stores.values()], f"{self.writer} run {self.run_id}")
-
-    def prepare(self, gc: bool = True) -> None:
-        """Record metadata, make these fingerprints current, drop segments a killed run left behind."""
-        for k, e in self.extractors.items():
-            st = self.store_of(k)
-            if gc:
-                n = st.gc_uncommitted(k, self.fp[k])
-                if n:
-                    log.info("%s: removed %d uncommitted segment(s) left by an interrupted run", k, n)
-            meta = e.metadata()
-            made_with = st.fingerprints(k).get(self.fp[k], {}).get("versions") if k in st.keys() else None
-            if made_with:   # rows already cached under this fingerprint: keep the versions that made them
-                changed = version_changes(made_with, meta["versions"])
-                if changed:
-                    log.warning("%s: cached rows were made with %s; new rows use the running versions", k,
-                                ", ".join(f"{p} {a} (now {b})" for p, (a, b) in changed.items()))
-                meta["versions"] = made_with
-            st.set_current(k, self.fp[k], meta)
-
-    def present(self, key: str) -> set[str]:
-        return self.store_of(key).has(key, self.fp[key])
+    def process(self, clips: list[ClipRecord], show_progress: bool = True) -> Outcome:
+        """run() the clips (all committed when this returns) and report what they added."""
+        before = {k: ExtractorStats(done=s.done, failed=s.failed, empty=s.empty, seconds=s.seconds)
+                  for k, s in self.stats.items()}
+        n_fail, decodes = len(self.failures), dict(media.DECODE_COUNTER)
+        self.run(clips, show_progress=show_progress)
+        stats = {k: ExtractorStats(done=s.done - before[k].done, failed=s.failed - before[k].failed,
+                                   empty=s.empty - before[k].empty, seconds=s.seconds - before[k].seconds)
+                 for k, s in self.stats.items()}
+        return Outcome(stats, self.failures[n_fail:],
+                       {k: media.DECODE_COUNTER[k] - decodes.get(k, 0) for k in media.DECODE_COUNTER})
 
     # -- processing
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
@@ -440,64 +381,3 @@ def _current_exception() -> str:
     tb = traceback.extract_tb(e.__traceback__)[-1] if e and e.__traceback__ else None
     where = f" (at {Path(tb.filename).name}:{tb.lineno})" if tb else ""
     return f"{type(e).__name__}: {e}{where}"
-
-
-# ---------------------------------------------------------------- entry point
-def plan(worker: Worker, records: list[ClipRecord]) -> tuple[list[ClipRecord], dict[str, int]]:
-    """Unique clips (by id) with their missing extractors; and per-extractor counts already cached."""
-    wanted: dict[str, ClipRecord] = {}
-    for rec in records:
-        wanted.setdefault(rec.clip_id, rec)
-    skipped = {}
-    for key in worker.order:
-        have = worker.present(key)
-        skipped[key] = 0
-        for rec in wanted.values():
-            if rec.dataset_specs is not None and key not in rec.dataset_specs:
-                continue
-            if rec.clip_id in have:
-                skipped[key] += 1
-            else:
-                rec.missing.append(key)
-    return [r for r in wanted.values() if r.missing], skipped
-
-
-def extract(cfg: PipelineConfig, datasets: Optional[list[str]] = None, family: Optional[str] = None,
-            show_progress: bool = True) -> RunSummary:
-    t0 = time.perf_counter()
-    datasets = list(datasets or cfg.datasets)
-    specs = extractor_specs(cfg, datasets, family)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    if family:  # the family's store always exists after its stage ran (DVC tracks it as an output)
-        FeatureStore.for_family(cfg.store, Path(cfg.base_dir), family)
-    if not specs:
-        return RunSummary(run_id, {}, [], {k: 0 for k in media.DECODE_COUNTER}, time.perf_counter() - t0)
-    records: list[ClipRecord] = []
-    for d in datasets:
-        dspecs = [s for s in cfg.dataset(d).extractors]
-        for rec in load_clip_records(cfg, d):
-            rec.dataset_specs = dspecs
-            records.append(rec)
-    # A clip listed by two datasets runs the union of their extractors, once.
-    merged: dict[str, ClipRecord] = {}
-    for rec in records:
-        if rec.clip_id in merged:
-            merged[rec.clip_id].dataset_specs = sorted(set(merged[rec.clip_id].dataset_specs) | set(rec.dataset_specs))
-        else:
-            merged[rec.clip_id] = rec
-    decodes_before = dict(media.DECODE_COUNTER)
-    if cfg.runtime.executor == "ray":
-        from pipeline.executors import run_ray
-
-        return run_ray(cfg, specs, list(merged.values()), run_id, t0, show_progress=show_progress)
-    worker = Worker(cfg, specs, run_id=run_id)
-    with worker.locked():   # another run on these stores finishes first; then we plan against what it committed
-        worker.prepare()
-        todo, skipped = plan(worker, list(merged.values()))
-        for k, n in skipped.items():
-            worker.stats[k].skipped = n
-        log.info("extract %s: %d clip(s) to process, %s", ",".join(specs), len(todo),
-                 ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
-        worker.run(todo, show_progress=show_progress)
-    decodes = {k: media.DECODE_COUNTER[k] - decodes_before.get(k, 0) for k in media.DECODE_COUNTER}
-    return RunSummary(run_id, worker.stats, worker.failures, decodes, time.perf_counter() - t0)
