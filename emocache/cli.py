@@ -318,12 +318,17 @@ def train(experiment: str = typer.Argument(..., help="experiment name from param
     of code, params and data) and the run's timings and git state to <metrics-dir>/runs/<experiment>.json."""
     _setup_logging(verbose)
     from heads.cli_glue import train_experiment
+    from pipeline.manifests import ManifestError
 
     cfg = _config(params)
     if experiment not in cfg.experiments:
         typer.echo(f"error: unknown experiment {experiment!r}; known: {', '.join(sorted(cfg.experiments))}", err=True)
         raise typer.Exit(2)
-    result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir))
+    try:
+        result = train_experiment(cfg, experiment, Path(out), Path(metrics_dir))
+    except ManifestError as e:   # the store is not what DVC recorded: say which and how to fix it
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     for line in _seed_lines(result):
         typer.echo(line)
     typer.echo(_train_summary(cfg, experiment, result, out))

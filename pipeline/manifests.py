@@ -141,3 +141,35 @@ def write_experiment_inputs(cfg: Config, experiment: str) -> Path:
     path = inputs_path(cfg, experiment)
     _write_atomic(path, _dumps(experiment_inputs(cfg, experiment)))
     return path
+
+
+def check_inputs(cfg: Config, experiment: str, stores: dict) -> None:
+    """Before training: the stores still hold what the experiment's inputs file (what DVC recorded) says.
+
+    The stores are not DVC outputs, so DVC cannot see one deleted, swapped (another store.dir) or extended outside
+    the pipeline; training on it would not be what dvc.lock pins. Without an inputs file (`emocache train` run
+    by hand) there is nothing to compare against and nothing is checked."""
+    from pipeline.datasets import read_clip_table
+
+    path = inputs_path(cfg, experiment)
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    ids = None
+    for key, inp in doc["inputs"].items():
+        if key not in stores:
+            continue
+        manifest = json.loads((manifests_root(cfg) / inp["manifest"]).read_text())
+        st = stores[key]
+        fp = st.current_fingerprint(key)
+        if ids is None:
+            ids = set(read_clip_table(cfg, doc["dataset"])[0]["clip_id"])
+        have = sorted(ids & set(st.index(key, fp))) if fp is not None else []
+        if fp != inp["fingerprint"] or have != manifest["clip_ids"]:
+            family = manifest["family"]
+            raise ManifestError(
+                f"experiment {experiment!r}: store {st.root} holds {len(have)} clips of dataset {doc['dataset']!r} "
+                f"for {key!r} under fingerprint {fp}, but {path} (what DVC recorded) says {inp['n_clips']} under "
+                f"{inp['fingerprint']}: the store changed outside the pipeline. Run `dvc repro -f extract_{family}` "
+                f"(extracts only what is missing and rewrites the manifests), or `dvc pull` / point store.dir at "
+                f"the store these manifests describe")
