@@ -113,3 +113,19 @@ def test_training_refuses_a_store_that_changed_outside_the_pipeline(tmp_path):
     empty = FeatureStore(tmp_path / "elsewhere.zarr")       # store.dir pointed at another store
     with pytest.raises(ManifestError, match="holds 0 clips"):
         check_inputs(cfg, "d_audio", {"egemaps": empty})
+
+
+def test_manifests_of_a_store_behind_a_url(tmp_path):
+    """store.dir as an fsspec URL (an object store in production): the manifests still land on local disk."""
+    cfg = _cfg(tmp_path)
+    cfg.store.dir = f"file://{tmp_path}/remote"
+    cfg.store.storage_options = {"auto_mkdir": True}
+    _table(cfg, IDS)
+    st = FeatureStore.for_family(cfg.store, tmp_path, "audio")
+    assert st.root.startswith("file://")
+    _put(cfg, "audio", "egemaps", "fpU", IDS[:3])
+    [path] = write_family_manifests(cfg, "audio")
+    assert path.is_relative_to(tmp_path / "cache" / "manifests")
+    assert json.loads(path.read_text())["clip_ids"] == IDS[:3]
+    write_experiment_inputs(cfg, "d_audio")
+    check_inputs(cfg, "d_audio", {"egemaps": FeatureStore.for_family(cfg.store, tmp_path, "audio")})
