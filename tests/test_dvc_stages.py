@@ -136,3 +136,49 @@ def test_stages_rerun_exactly_what_reads_a_change(dvc_repo):
     # An experiment param through `dvc exp run -S`: its train stage only.
     ran = _repro(repo, env, "exp", "run", "-S", "experiments.talk_egemaps.train.epochs=3")
     assert ran == {"train@talk_egemaps"}, ran
+
+
+# Printing and logging only: what these run does not reach any output DVC tracks.
+NOT_RESULTS = {"emocache/cli.py", "emocache/quiet.py", "emocache/progress.py", "emocache/__init__.py"}
+
+
+def _project_modules(stderr: str, root: Path) -> set[str]:
+    """Project files a `python -X importtime` run imported (its stderr), relative to `root`."""
+    out = set()
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        mod = line.rsplit("|", 1)[1].strip()
+        if mod.split(".")[0] not in CODE:
+            continue
+        base = root / mod.replace(".", "/")
+        for f in (base.with_suffix(".py"), base / "__init__.py"):
+            if f.is_file():
+                out.add(f.relative_to(root).as_posix())
+    return out
+
+
+def _code_deps(stage: dict) -> list[str]:
+    return [d for d in stage["deps"] if "${" not in d and d.split("/")[0] in CODE]
+
+
+def _uncovered(files: set[str], deps: list[str]) -> set[str]:
+    return {f for f in files - NOT_RESULTS if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+
+
+def test_stages_depend_on_the_code_they_run(dvc_repo):
+    """Every project module `emocache train` / `emocache extract` imports while running lies under a dep of its
+    stage, so a code change DVC does not see cannot change a result."""
+    repo, env = dvc_repo
+    if not (repo / "dvc.lock").exists():   # run on its own: the stores and clip tables come from a first repro
+        _repro(repo, env)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for cmd, stage in ((["train", "talk_egemaps"], stages["train"]["do"]),
+                       (["extract", "--family", "audio"], stages["extract_audio"]),
+                       (["manifests", "inputs", "talk_text"], stages["inputs"]["do"])):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "from emocache.cli import main; main()", *cmd],
+                           cwd=repo, env=env, text=True, capture_output=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        imported = _project_modules(r.stderr, repo)
+        assert "pipeline/store.py" in imported or cmd[0] == "manifests", imported
+        assert _uncovered(imported, _code_deps(stage)) == set(), cmd

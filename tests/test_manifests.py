@@ -129,3 +129,28 @@ def test_manifests_of_a_store_behind_a_url(tmp_path):
     assert json.loads(path.read_text())["clip_ids"] == IDS[:3]
     write_experiment_inputs(cfg, "d_audio")
     check_inputs(cfg, "d_audio", {"egemaps": FeatureStore.for_family(cfg.store, tmp_path, "audio")})
+
+
+def test_cli_writes_manifests_and_inputs(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from emocache.cli import app
+
+    cfg = _cfg(tmp_path)
+    raw = cfg.model_dump(include={"datasets", "experiments"}, exclude_unset=True)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"datasets": raw["datasets"], "experiments": raw["experiments"]}))
+    _table(cfg, IDS)
+    _put(cfg, "audio", "egemaps", "fpA", IDS)
+    run = CliRunner().invoke
+    r = run(app, ["manifests", "write", "--family", "audio", "-p", str(params)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(manifest_path(cfg, "audio", "d", "egemaps").read_text())["clip_ids"] == IDS
+    r = run(app, ["manifests", "inputs", "d_audio", "-p", str(params)])
+    assert r.exit_code == 0 and r.output == "", r.output          # quiet: bookkeeping for DVC
+    assert json.loads((tmp_path / "cache/manifests/inputs/d_audio.json").read_text())["inputs"]["egemaps"]
+    r = run(app, ["manifests", "inputs", "d_text", "-p", str(params)])   # no text manifests written
+    assert r.exit_code == 1 and "manifests/text/d/text.transcript.json is missing" in r.output
+    r = run(app, ["manifests", "inputs", "nope", "-p", str(params)])
+    assert r.exit_code == 2 and "unknown experiment 'nope'" in r.output
