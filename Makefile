@@ -28,9 +28,10 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	@touch $(STAMP)
 
 # Quiet by design: DVC's bookkeeping lines are filtered out; every stage prints what it did and how long it took.
+# The inputs@<experiment> stages are bookkeeping too (they only project feature manifests; pipeline/manifests.py).
 DVC_QUIET := grep --line-buffered -v -e '^Updating lock file' -e '^> ' -e '^$$' -e '^Use `dvc push`' \
              -e "^To track the changes with git" -e "^\s*git add" -e "^To enable auto staging" \
-             -e "^\s*dvc config core.autostage"
+             -e "^\s*dvc config core.autostage" -e "[Ss]tage 'inputs@"
 demo: install
 	@echo "==> emocache demo: extract features of the bundled samples once, then train heads on the cache"
 	@echo "    (weights from weights/ when present; otherwise VGGish/Swin run untrained and every output says so)"

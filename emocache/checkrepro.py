@@ -3,8 +3,9 @@
 Clones HEAD into a temporary folder (uncommitted changes are not part of the check), runs `dvc repro` there
 once, and fails when anything DVC tracks comes out different from what is committed, naming the experiment
 and the metric: `dvc metrics diff` for the numbers, a byte comparison for the metrics JSON and plot files
-(per-seed lists are not DVC metrics), and the stages whose dvc.lock entries changed. The hashes of the
-`persist: true` feature stores are left out of that comparison (see persistent_outs).
+(per-seed lists are not DVC metrics), and the stages whose dvc.lock entries changed, the extract stages' feature
+manifests included (fingerprints + clip ids: a function of code, params and data; the stores themselves are not
+DVC outputs). Hashes of any `persist: true` output are left out of that comparison (see persistent_outs).
 
     python -m emocache.checkrepro [--keep] [--workdir DIR]
 """
@@ -77,9 +78,9 @@ def file_changes(repo: Path) -> list[str]:
 
 
 def persistent_outs(repo: Path) -> set[str]:
-    """Outputs dvc.yaml marks `persist: true`: the feature stores, append-only caches whose bytes record when
-    each segment was written (names, timestamps), so their hashes depend on the cache's history, not only on
-    (code, params, data). What the heads read from them is pinned by the fingerprints in each metrics JSON."""
+    """Outputs dvc.yaml marks `persist: true`: append-only caches whose bytes record when each part was written
+    (names, timestamps), so their hashes depend on the cache's history, not only on (code, params, data). The
+    feature stores used to be such outputs; DVC now tracks their manifests instead (pipeline/manifests.py)."""
     doc = yaml.safe_load((repo / "dvc.yaml").read_text()) or {}
     out = set()
     for st in (doc.get("stages") or {}).values():
@@ -160,9 +161,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("  rerun `dvc repro` and commit metrics/ and dvc.lock, or find what made the run differ "
                   "(versions and threads: the 'provenance' block of each metrics JSON)", file=sys.stderr)
             return 1
+        skipped = sorted(persistent_outs(repo))
         print(f"check-repro: OK in {secs:.0f} s: every committed metric, plot file and dvc.lock entry is "
-              f"reproduced by commit {rev} (the feature stores' own hashes aside: "
-              f"{', '.join(sorted(persistent_outs(repo))) or 'none'} are append-only caches)")
+              f"reproduced by commit {rev}"
+              + (f" (append-only caches aside: {', '.join(skipped)})" if skipped else ""))
         return 0
     finally:
         if args.keep:

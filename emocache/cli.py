@@ -181,6 +181,7 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
         typer.echo("interrupted: clips committed before Ctrl-C are complete; nothing of the clips in progress "
                    "was stored. Rerun to continue (only missing clips are extracted)", err=True)
         raise typer.Exit(130)
+    _write_manifests(cfg, names, family)
     for line in summary.lines():
         typer.echo(line)
     for f in summary.failures[:20]:
@@ -188,6 +189,48 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
     if summary_json:
         Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_json).write_text(json.dumps(summary.as_dict(), indent=1))
+
+
+def _write_manifests(cfg, names: list[str], family: Optional[str]) -> None:
+    """What DVC tracks of the stores (pipeline/manifests.py): per dataset and extractor, fingerprint + clip ids."""
+    from pipeline.manifests import dataset_keys, write_family_manifests
+
+    families = [family] if family else sorted({f for n in names for f in dataset_keys(cfg, n).values()})
+    for fam in families:
+        write_family_manifests(cfg, fam, names)
+
+
+manifests_app = typer.Typer(no_args_is_help=True,
+                            help="The small files DVC tracks in place of the stores (pipeline/manifests.py).")
+app.add_typer(manifests_app, name="manifests")
+
+
+@manifests_app.command("write")
+def manifests_write(family: Optional[str] = typer.Option(None, help="audio | text | video (default: all)"),
+                    dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="datasets (default: all)"),
+                    params: str = PARAMS):
+    """Rewrite the feature manifests from the store as it is (e.g. after pointing store.dir at a shared store)."""
+    cfg = _config(params)
+    names = _dataset_names(cfg, dataset)
+    _write_manifests(cfg, names, family)
+    typer.echo(f"manifests of {', '.join(names)} written under {_rel(cfg.path(cfg.store.manifests_dir), cfg)}")
+
+
+@manifests_app.command("inputs")
+def manifests_inputs(experiments: list[str] = typer.Argument(..., help="experiments from params.yaml"),
+                     params: str = PARAMS, verbose: bool = VERBOSE):
+    """Write <manifests_dir>/inputs/<experiment>.json: the manifests of exactly the keys the experiment reads
+    (the `inputs@<experiment>` stage; `train@<experiment>` depends on this file). Quiet unless --verbose."""
+    from heads.inputs import write_experiment_inputs
+
+    cfg = _config(params)
+    for name in experiments:
+        if name not in cfg.experiments:
+            typer.echo(f"error: unknown experiment {name!r}; known: {', '.join(sorted(cfg.experiments))}", err=True)
+            raise typer.Exit(2)
+        path = write_experiment_inputs(cfg, name)
+        if verbose or _VERBOSE:
+            typer.echo(f"wrote {_rel(path, cfg)}")
 
 
 # ---------------------------------------------------------------- status

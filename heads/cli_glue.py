@@ -27,10 +27,12 @@ def train_experiment(cfg: HeadsConfig, name: str, models_dir: Path, metrics_dir:
     from heads.data import open_stores
     from heads.train import run_experiment
     from pipeline.datasets import read_clip_table
+    from heads.inputs import check_inputs
 
     exp = cfg.experiments[name]
     table, summary = read_clip_table(cfg, exp.dataset)
     stores = open_stores(cfg, list(exp.modalities), family_of(cfg))
+    check_inputs(cfg, name, stores)   # the stores are not DVC outputs: still what dvc.lock recorded?
     if trials is None:
         out = cfg.path(models_dir) / name
         result = run_experiment(cfg, name, stores, table, summary["labels"], summary["multilabel"], out)

@@ -31,6 +31,8 @@ class StoreConfig(Strict):
     storage_options: dict = Field(default_factory=dict)
     # Clip tables (datasets stage) always live on local disk, also when `dir` is an object-store URL.
     tables_dir: str = "cache/datasets"
+    # Per (dataset, extractor): fingerprint + clip ids present; DVC tracks these, not the stores (pipeline/manifests.py)
+    manifests_dir: str = "cache/manifests"
     # Object storage has no locks: an uncommitted segment there is collected only once older than this
     # (a live writer commits a segment within seconds; local stores use a writer lock instead).
     remote_gc_age_s: float = 3600.0
