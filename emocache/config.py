@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -153,6 +153,14 @@ class TextConfig(Strict):
     batch_size: int = 64
 
 
+class TextStatesConfig(Strict):
+    """Cached fine-tuning: the token hidden states after `layer` (one fp16 row per real token, no padding), so
+    head finetune_top can train the layers above on them. Model, fields, max_length, pair_mode and batch_size
+    are those of extractors.text."""
+    layer: int = 4                          # states after this many encoder layers (0 = embeddings); < num layers
+    dtype: Literal["fp16", "fp32"] = "fp16"
+
+
 class DetectorConfig(Strict):
     # auto: yolo when weights_file resolves (weights dir, torch hub cache, or an absolute path), else face.
     # yolo: an original YOLOv5 release checkpoint (yolov5n/s/m/l/x.pt) or an ultralytics one (yolov5su.pt,
@@ -242,6 +250,7 @@ class ExtractorsConfig(Strict):
     vggish: VGGishConfig = Field(default_factory=VGGishConfig)
     egemaps: EGeMAPSConfig = Field(default_factory=EGeMAPSConfig)
     text: TextConfig = Field(default_factory=TextConfig)
+    text_states: TextStatesConfig = Field(default_factory=TextStatesConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
 
 
@@ -355,6 +364,16 @@ class LogRegConfig(Strict):
     max_iter: int = 1000
 
 
+class FinetuneConfig(Strict):
+    """Head finetune_top: the backbone's layers above the cached text_states layer, rebuilt with their
+    pretrained weights, then the extractors.text pooling and the MLP of `mlp`; trained on the cached states."""
+    layers_trainable: Union[int, Literal["all"]] = "all"   # top k of the rebuilt layers learn; 0 = all frozen
+    backbone_lr: float = 5e-5               # lr of the rebuilt layers (small: pretrained); the MLP uses train.lr
+    # A minibatch runs its layers as this many chunks of similar token counts, each padded only to its own
+    # longest clip (random batches of utterances are mostly padding otherwise); the result is the same.
+    length_chunks: int = 4
+
+
 class TuneConfig(Strict):
     """`emocache tune`: the Optuna search space (validation split only) and how the search runs."""
     trials: int = 30
@@ -375,7 +394,7 @@ class ExperimentConfig(Strict):
     dataset: str
     about: str = ""                         # one line for `emocache results`: what the experiment shows
     modalities: list[str]                   # store keys, e.g. ['vggish', 'text.transcript']
-    head: Literal["linear", "mlp", "nextvlad", "late_fusion", "early_fusion", "logreg"] = "mlp"
+    head: Literal["linear", "mlp", "nextvlad", "late_fusion", "early_fusion", "logreg", "finetune_top"] = "mlp"
     late_fusion_weights: Optional[list[float]] = None   # None = tuned on validation
     late_fusion_grid_step: float = 0.05     # simplex grid step when tuning late-fusion weights
     max_frames: int = 100                   # longer clips are subsampled uniformly to this many rows
@@ -383,6 +402,7 @@ class ExperimentConfig(Strict):
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
 

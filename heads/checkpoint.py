@@ -66,6 +66,10 @@ def load_checkpoint(path: Path) -> TrainedHead:
     n, dims, head = len(doc["vocab"]), doc["input_dims"], doc["head"]
     if head == "logreg":
         model = LogRegHead.from_state(doc["logreg"], exp.logreg, doc["multilabel"])
+    elif head == "finetune_top":
+        from heads.finetune import FinetuneTopHead
+
+        model = FinetuneTopHead.load(doc, exp).model
     elif head == "late_fusion":
         model = {}
         for k, sd in doc["heads"].items():

@@ -31,6 +31,8 @@ from heads.baselines import LogRegHead
 from heads.chance import chance_levels
 from heads.checkpoint import save_checkpoint
 from heads.data import HeadData, carve_validation, load_head_data, pretrained_flags
+from heads.finetune import KIND as FINETUNE_TOP
+from heads.finetune import Backbone, FinetuneTopHead
 from heads.fusion import fuse, fusion_weights
 from heads.losses import build_loss
 from heads.metrics import multilabel_metrics, selection_score, singlelabel_metrics, summarize, tune_thresholds
@@ -93,19 +95,24 @@ def minibatches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------- neural heads
 def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str], seed: int,
-               device: torch.device, on_eval=None, show_progress: bool = True) -> Fit:
-    """on_eval(epoch, val_score), when given, is called after each validation pass (tuning prunes through it)."""
+               device: torch.device, on_eval=None, show_progress: bool = True, build=None) -> Fit:
+    """on_eval(epoch, val_score), when given, is called after each validation pass (tuning prunes through it).
+    build(): makes the model instead of build_head (finetune_top); it may bring its own input_stats and
+    param_groups(lr)."""
     tc = exp.train
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     train_idx = data.splits["train"]
-    model = build_head(kind, exp, {k: data.modalities[k].dim for k in keys}, data.n_classes)
+    model = build() if build is not None else build_head(kind, exp, {k: data.modalities[k].dim for k in keys},
+                                                         data.n_classes)
     if tc.standardize:
-        model.set_input_stats({k: input_stats(*data.modalities[k].take(train_idx)) for k in keys})
+        stats = getattr(model, "input_stats", input_stats)
+        model.set_input_stats({k: stats(*data.modalities[k].take(train_idx)) for k in keys})
     model.to(device)
     loss_fn = build_loss(tc, data.vocab, data.multilabel, data.y[train_idx]).to(device)
     schedule = resolve_schedule(tc, len(train_idx))
-    opt = make_optimizer(model.parameters(), schedule)
+    groups = getattr(model, "param_groups", None)
+    opt = make_optimizer(groups(schedule.lr) if groups is not None else model.parameters(), schedule)
     sched = make_scheduler(opt, schedule)
     stopper = EarlyStopper(schedule.early_stop_patience if data.has("val") else 0)
     epochs = schedule.epochs
@@ -171,11 +178,15 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 # ---------------------------------------------------------------- one seed, per head kind
-def run_seed(kind: str, exp: ExperimentConfig, data: HeadData, seed: int, device: torch.device) -> SeedRun:
+def run_seed(kind: str, exp: ExperimentConfig, data: HeadData, seed: int, device: torch.device,
+             backbone=None) -> SeedRun:
+    """backbone: head finetune_top's rebuilt layers (heads.finetune.Backbone)."""
     keys, tc = list(exp.modalities), exp.train
-    if kind in NEURAL_HEADS:
-        fit = fit_neural(kind, exp, data, keys, seed, device)
-        return SeedRun(seed, _split_probs(fit.model, data, keys, tc, device), {"state_dict": _cpu_state(fit.model)},
+    if kind in NEURAL_HEADS or kind == FINETUNE_TOP:
+        top = FinetuneTopHead(exp, backbone, data.n_classes) if kind == FINETUNE_TOP else None
+        fit = top.fit(data, keys, seed, device) if top else fit_neural(kind, exp, data, keys, seed, device)
+        state = top.state() if top else {"state_dict": _cpu_state(fit.model)}
+        return SeedRun(seed, _split_probs(fit.model, data, keys, tc, device), state,
                        [dict(h, seed=seed, modality="+".join(keys)) for h in fit.history],
                        {"+".join(keys): fit.best_epoch}, fit.seconds, epochs_run={"+".join(keys): fit.epochs_run},
                        schedule=fit.schedule.as_dict())
@@ -253,13 +264,15 @@ def run_experiment(cfg: Config, name: str, stores: Mapping[str, object], clip_ta
         features[k] = {"fingerprint": fp, "weights": weights_label(meta.get("pretrained"), w.get("learned", True)),
                        "made_with": meta.get("versions")}
     provenance = {"params_sha256": params_hash(exp, cfg.datasets[exp.dataset]), "features": features}
-    return train_on_data(exp, data, out_dir, name=name, pretrained=flags, provenance=provenance)
+    backbone = (Backbone.from_store(cfg, stores[exp.modalities[0]], exp.modalities[0], exp)
+                if exp.head == FINETUNE_TOP else None)
+    return train_on_data(exp, data, out_dir, name=name, pretrained=flags, provenance=provenance, backbone=backbone)
 
 
 def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, name: str = "experiment",
                   pretrained: Optional[Mapping[str, Optional[bool]]] = None,
-                  provenance: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
-    """extra: more top-level keys for the metrics JSON (tune: the chosen params)."""
+                  provenance: Optional[dict] = None, extra: Optional[dict] = None, backbone=None) -> dict:
+    """extra: more top-level keys for the metrics JSON (tune: the chosen params). backbone: finetune_top's."""
     tc, kind, keys = exp.train, exp.head, list(exp.modalities)
     if not data.has("train"):
         raise ValueError(f"experiment {name!r}: the clip table has no train split")
@@ -268,7 +281,7 @@ def train_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, na
     device = resolve_device(tc) if kind != "logreg" else torch.device("cpu")
     eval_split = next((s for s in ("test", "val") if data.has(s)), "train")
 
-    runs = [run_seed(kind, exp, data, seed, device) for seed in tc.seeds]
+    runs = [run_seed(kind, exp, data, seed, device, backbone) for seed in tc.seeds]
     per_seed, per_seed_val, thresholds = [], [], []
     for run in runs:
         m, thr = seed_metrics(run, data, eval_split, tc)

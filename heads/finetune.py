@@ -1,0 +1,218 @@
+"""Head finetune_top: cached fine-tuning of a text encoder's top layers.
+
+The store holds each clip's token states after layer L (pipeline/extractors/text_states.py). This head
+rebuilds the same checkpoint's layers L+1..N with their pretrained weights, pools their output as
+extractors.text does (cls / mean / the checkpoint's own pooling), and trains the top `layers_trainable` of
+them together with the MLP of the `mlp` head (backbone lr separate and small). The bottom of the network never
+runs again. With no layer trainable the pooled vector is the frozen extractor's (up to the fp16 cache), the
+MLP is the same module trained by the same loop (heads.train.fit_neural), so it reproduces head `mlp` on
+`text.<field>`.
+
+    FinetuneTopHead(exp, backbone, n_classes).fit(data, keys, seed, device) -> heads.train.Fit
+    .predict_proba(inputs) / .state() / FinetuneTopHead.load(doc, exp)
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from emocache.config import Config, ExperimentConfig
+from heads.models import (ConcatFusion, FusionHead, Inputs, MLPClassifier, RowEncoder, input_stats,
+                          predict_logits, probabilities, valid_mask)
+from pipeline.extractors.text import pool_tokens
+from pipeline.extractors.text_states import additive_mask, encoder_layers, run_layers
+
+KIND = "finetune_top"
+STATES_EXTRACTOR = "text_states"
+
+
+# ---------------------------------------------------------------- the backbone's top, as extracted
+@dataclass
+class Backbone:
+    """The layers above the cached one, with their (pretrained) weights, and how their output is pooled."""
+    config_json: str                    # HF config of the rebuilt stack (num_hidden_layers = its layer count)
+    layer: int                          # the cached states are after this layer
+    pooling: str                        # cls | mean | max
+    normalize: bool
+    layers: nn.ModuleList
+
+    @classmethod
+    def from_store(cls, cfg: Config, store, key: str, exp: ExperimentConfig) -> "Backbone":
+        """Load the checkpoint the store's states were made with (same fingerprint: same weights, layer, params)."""
+        from pipeline.extractors.base import build_extractor
+
+        if key.partition(".")[0] != STATES_EXTRACTOR:
+            raise ValueError(f"head {KIND} trains on token states ({STATES_EXTRACTOR}.<field>), not {key!r}")
+        stored = store.current_fingerprint(key)
+        if stored is None:
+            raise ValueError(f"head {KIND}: {store.root} holds no {key!r}; run `emocache extract` first")
+        ext = build_extractor(cfg, key)
+        ext.load()
+        if ext.fingerprint() != stored:
+            raise ValueError(f"head {KIND}: the {key!r} states in {store.root} (fingerprint {stored}) were made with "
+                             f"other params or weights than params.yaml says now ({ext.fingerprint()}: "
+                             f"{ext.params()}); rerun `emocache extract` or restore the params")
+        if exp.max_frames < ext.tc.max_length:
+            raise ValueError(f"head {KIND}: max_frames={exp.max_frames} would subsample the tokens of clips longer "
+                             f"than that; set the experiment's max_frames >= extractors.text.max_length "
+                             f"({ext.tc.max_length})")
+        top = copy.deepcopy(encoder_layers(ext.model)[ext.sc.layer:]).cpu()
+        conf = copy.deepcopy(ext.model.config)
+        conf.num_hidden_layers = len(top)
+        mode, normalize = ext.tc.pooling, ext.tc.normalize
+        if ext.pool_spec is not None:   # pooling 'model': the checkpoint's own (all-MiniLM: mean + L2 normalise)
+            mode, normalize = ext.pool_spec["mode"], ext.pool_spec["normalize"] or normalize
+        return cls(conf.to_json_string(), ext.sc.layer, mode, bool(normalize), top)
+
+    def doc(self) -> dict:
+        return {"config_json": self.config_json, "layer": self.layer, "pooling": self.pooling,
+                "normalize": self.normalize}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Backbone":
+        """The architecture only (weights come with the head's state_dict)."""
+        from transformers import AutoConfig, AutoModel
+
+        conf_dict = json.loads(doc["config_json"])
+        conf = AutoConfig.for_model(conf_dict.pop("model_type"), **conf_dict)
+        layers = encoder_layers(AutoModel.from_config(conf))
+        return cls(doc["config_json"], int(doc["layer"]), doc["pooling"], bool(doc["normalize"]), layers)
+
+
+# ---------------------------------------------------------------- modules
+class TopLayers(nn.Module):
+    """(B, T, D) cached states + lengths (B,) -> (B, D) pooled output of the rebuilt layers.
+
+    The lower len - n_trainable layers stay frozen (eval mode, no gradient). A batch runs as `chunks` groups
+    of similar length, each padded to its own longest clip; clips without text pool to 0."""
+
+    def __init__(self, backbone: Backbone, n_trainable: int, chunks: int):
+        super().__init__()
+        self.layers = backbone.layers
+        self.n_frozen = len(self.layers) - n_trainable
+        self.pooling, self.normalize, self.chunks = backbone.pooling, backbone.normalize, max(1, chunks)
+        for p in self.layers[: self.n_frozen].parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TopLayers":
+        super().train(mode)
+        for layer in self.layers[: self.n_frozen]:
+            layer.eval()   # frozen layers: no dropout, so they compute exactly what the extractor would
+        return self
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], x.shape[-1])
+        real = torch.nonzero(lengths > 0).flatten()
+        order = real[torch.argsort(lengths[real], stable=True)]
+        for chunk in torch.tensor_split(order, min(self.chunks, max(1, len(order)))):
+            if not len(chunk):
+                continue
+            t = int(lengths[chunk].max())
+            h, mask = x[chunk, :t], valid_mask(lengths[chunk], t)
+            add = additive_mask(mask, h.dtype)
+            with torch.no_grad():
+                h = run_layers(self.layers[: self.n_frozen], h, add)
+            h = run_layers(self.layers[self.n_frozen:], h, add)
+            out = out.index_copy(0, chunk, pool_tokens(h, mask, self.pooling, self.normalize))
+        return out
+
+
+class TopEncoder(nn.Module):
+    """Rebuilt layers + pooling, then exactly the `mlp` head's RowEncoder on the one pooled row per clip."""
+
+    def __init__(self, top: TopLayers, dim: int):
+        super().__init__()
+        self.top = top
+        self.rows = RowEncoder(dim)
+        self.out_dim = dim
+
+    @property
+    def norm(self):   # FusionHead.set_input_stats sets the z-score statistics here
+        return self.rows.norm
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled = self.top(x, lengths)
+        return self.rows(pooled[:, None], (lengths > 0).long())
+
+
+class FinetuneTopModel(FusionHead):
+    """A FusionHead, so heads.train.fit_neural trains it like any neural head; two extras it looks for:
+    input_stats (z-score statistics of the pooled vectors, not of the token rows) and param_groups."""
+
+    def __init__(self, key: str, backbone: Backbone, exp: ExperimentConfig, n_classes: int):
+        dim = json.loads(backbone.config_json)["hidden_size"]
+        k = exp.finetune.layers_trainable
+        n_top = len(backbone.layers)
+        n_trainable = n_top if k == "all" else int(k)
+        if not 0 <= n_trainable <= n_top:
+            raise ValueError(f"finetune.layers_trainable={k}: the cache is after layer {backbone.layer}, so "
+                             f"{n_top} layers are rebuilt; use 0..{n_top} or 'all'")
+        top = TopLayers(backbone, n_trainable, exp.finetune.length_chunks)
+        super().__init__({key: TopEncoder(top, dim)}, ConcatFusion(dim),
+                         MLPClassifier(dim, exp.mlp.hidden, n_classes, exp.mlp.dropout))
+        self.backbone_lr = exp.finetune.backbone_lr
+        self.eval_batch_size = exp.train.eval_batch_size
+
+    @torch.no_grad()
+    def input_stats(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = self.encoder(self.keys[0]).top
+        was = top.training
+        top.eval()
+        pooled = torch.cat([top(x[s:s + self.eval_batch_size], lengths[s:s + self.eval_batch_size])
+                            for s in range(0, len(x), self.eval_batch_size)])
+        top.train(was)
+        return input_stats(pooled[:, None], (lengths > 0).long())
+
+    def param_groups(self, lr: float) -> list[dict]:
+        layers = self.encoder(self.keys[0]).top.layers
+        backbone = {id(p) for p in layers.parameters()}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in backbone], "lr": lr},
+                  {"params": [p for p in layers.parameters() if p.requires_grad], "lr": self.backbone_lr}]
+        return [g for g in groups if g["params"]]
+
+
+# ---------------------------------------------------------------- the head kind
+class FinetuneTopHead:
+    kind = KIND
+
+    def __init__(self, exp: ExperimentConfig, backbone: Backbone, n_classes: int, key: Optional[str] = None):
+        if len(exp.modalities) != 1:
+            raise ValueError(f"head {KIND} takes one modality ({STATES_EXTRACTOR}.<field>), got {exp.modalities}")
+        self.exp, self.backbone, self.n_classes = exp, backbone, n_classes
+        self.key = key or exp.modalities[0]
+        self.model: Optional[FinetuneTopModel] = None   # fit() or load() makes it
+
+    def fit(self, data, keys: list[str], seed: int, device: torch.device, on_eval=None, show_progress: bool = True):
+        from heads.train import fit_neural
+
+        fit = fit_neural(KIND, self.exp, data, keys, seed, device, on_eval, show_progress, build=self._fresh)
+        self.model = fit.model
+        return fit
+
+    def _fresh(self) -> FinetuneTopModel:
+        """A new model: the rebuilt layers start from the backbone's pretrained weights every seed; the MLP is
+        drawn from the RNG as build_head('mlp') draws it (fit_neural seeds it just before)."""
+        backbone = Backbone(self.backbone.config_json, self.backbone.layer, self.backbone.pooling,
+                            self.backbone.normalize, copy.deepcopy(self.backbone.layers))
+        return FinetuneTopModel(self.key, backbone, self.exp, self.n_classes)
+
+    def predict_proba(self, inputs: Inputs, multilabel: bool = False) -> np.ndarray:
+        return probabilities(predict_logits(self.model, inputs, self.exp.train.eval_batch_size), multilabel).numpy()
+
+    def state(self) -> dict:
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "finetune": self.backbone.doc()}
+
+    @classmethod
+    def load(cls, doc: dict, exp: ExperimentConfig) -> "FinetuneTopHead":
+        head = cls(exp, Backbone.from_doc(doc["finetune"]), len(doc["vocab"]), doc["modalities"][0])
+        head.model = FinetuneTopModel(head.key, head.backbone, exp, head.n_classes)
+        head.model.load_state_dict(doc["state_dict"])
+        head.model.eval()
+        return head
