@@ -281,3 +281,16 @@ def test_cli_train_and_evaluate_finetune_top(project):
     assert ev.exit_code == 0
     got = json.loads((project / "eval.json").read_text())
     assert got["metrics"]["f1_weighted"] == pytest.approx(doc["metrics"]["f1_weighted"]["mean"], abs=1e-9)
+
+
+def test_cli_predict_with_a_finetune_top_head(project, tmp_path, repo):
+    p = project / "params.yaml"
+    if not (project / "models" / "ft_top1" / "model.pt").is_file():
+        run("train", "ft_top1", "--params", p, "--out", project / "models", "--metrics-dir", project / "metrics")
+    video = repo / "data/sample/videos/short_hamilton_clip.mp4"
+    run("predict", video, "--head", "ft_top1", "--params", p, "--models", project / "models", "--out", tmp_path,
+        "--transcript", "Tonight we were glad and cheerful.")
+    doc = json.loads((tmp_path / "short_hamilton_clip_ft_top1.json").read_text())
+    assert doc["extraction"]["computed"]["text_states.transcript"] == 1   # the transcript's tokens, not the video
+    whole = doc["video_level"]["whole_clip"]["scores"]
+    assert set(whole) == {"anger", "joy", "sadness"} and sum(whole.values()) == pytest.approx(1.0, abs=1e-4)
