@@ -186,13 +186,14 @@ class FinetuneTopHead:
             raise ValueError(f"head {KIND} takes one modality ({STATES_EXTRACTOR}.<field>), got {exp.modalities}")
         self.exp, self.backbone, self.n_classes = exp, backbone, n_classes
         self.key = key or exp.modalities[0]
+        self.multilabel = False
         self.model: Optional[FinetuneTopModel] = None   # fit() or load() makes it
 
     def fit(self, data, keys: list[str], seed: int, device: torch.device, on_eval=None, show_progress: bool = True):
         from heads.train import fit_neural
 
         fit = fit_neural(KIND, self.exp, data, keys, seed, device, on_eval, show_progress, build=self._fresh)
-        self.model = fit.model
+        self.model, self.multilabel = fit.model, data.multilabel
         return fit
 
     def _fresh(self) -> FinetuneTopModel:
@@ -202,8 +203,9 @@ class FinetuneTopHead:
                             self.backbone.normalize, copy.deepcopy(self.backbone.layers))
         return FinetuneTopModel(self.key, backbone, self.exp, self.n_classes)
 
-    def predict_proba(self, inputs: Inputs, multilabel: bool = False) -> np.ndarray:
-        return probabilities(predict_logits(self.model, inputs, self.exp.train.eval_batch_size), multilabel).numpy()
+    def predict_proba(self, inputs: Inputs) -> np.ndarray:
+        logits = predict_logits(self.model, inputs, self.exp.train.eval_batch_size)
+        return probabilities(logits, self.multilabel).numpy()
 
     def state(self) -> dict:
         return {"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -214,5 +216,6 @@ class FinetuneTopHead:
         head = cls(exp, Backbone.from_doc(doc["finetune"]), len(doc["vocab"]), doc["modalities"][0])
         head.model = FinetuneTopModel(head.key, head.backbone, exp, head.n_classes)
         head.model.load_state_dict(doc["state_dict"])
+        head.multilabel = bool(doc["multilabel"])
         head.model.eval()
         return head

@@ -203,7 +203,7 @@ def test_random_bert_trains_its_top_layer_and_round_trips(tmp_path, make_config)
 
     from heads.checkpoint import load_checkpoint
     from heads.data import load_head_data
-    from heads.finetune import Backbone
+    from heads.finetune import Backbone, FinetuneTopHead
     from heads.train import run_experiment
     from pipeline.datasets import list_dataset, read_clip_table, write_listing
     from pipeline.runner import extract
@@ -247,7 +247,10 @@ def test_random_bert_trains_its_top_layer_and_round_trips(tmp_path, make_config)
                for a, b in zip(before, layers)]
     assert changed == [False, True]   # the frozen lower layer kept its weights, the top one trained
     data = load_head_data(table, summary["labels"], False, st, exp.max_frames)
-    probs = head.predict_proba(data.inputs(data.splits["test"], ["text_states.transcript"]))
+    test_inputs = data.inputs(data.splits["test"], ["text_states.transcript"])
+    probs = head.predict_proba(test_inputs)
+    own = FinetuneTopHead.load(torch.load(tmp_path / "out" / "model.pt", weights_only=True), exp)
+    np.testing.assert_allclose(own.predict_proba(test_inputs), probs, atol=1e-6)
     m = r["metrics"]["accuracy"]["mean"]
     assert np.mean(probs.argmax(1) == data.targets(data.splits["test"]).numpy()) == pytest.approx(m)
     assert r["head"] == "finetune_top" and r["pretrained"] == {"text_states.transcript": True}
