@@ -135,6 +135,12 @@ class VGGishConfig(Strict):
     init_seed: int = 0                      # random init (only when allowed in params) is reproducible
 
 
+class VGGishStatesConfig(Strict):
+    """Cached fine-tuning of VGGish: the input of its fully connected block (the flattened 12288-d conv map) per
+    0.96 s example, so head finetune_top can train the FC layers on it. Everything else: extractors.vggish."""
+    dtype: Literal["fp16", "fp32"] = "fp16"
+
+
 class EGeMAPSConfig(Strict):
     feature_set: str = "eGeMAPSv02"
 
@@ -248,6 +254,7 @@ class VideoConfig(Strict):
 
 class ExtractorsConfig(Strict):
     vggish: VGGishConfig = Field(default_factory=VGGishConfig)
+    vggish_states: VGGishStatesConfig = Field(default_factory=VGGishStatesConfig)
     egemaps: EGeMAPSConfig = Field(default_factory=EGeMAPSConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     text_states: TextStatesConfig = Field(default_factory=TextStatesConfig)

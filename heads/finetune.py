@@ -1,4 +1,4 @@
-"""Head finetune_top: cached fine-tuning of a text encoder's top layers.
+"""Head finetune_top: cached fine-tuning of a text encoder's top layers (or of VGGish's fully connected block).
 
 The store holds each clip's token states after layer L (pipeline/extractors/text_states.py). This head
 rebuilds the same checkpoint's layers L+1..N with their pretrained weights, pools their output as
@@ -6,7 +6,9 @@ extractors.text does (cls / mean / the checkpoint's own pooling), and trains the
 them together with the MLP of the `mlp` head (backbone lr separate and small). The bottom of the network never
 runs again. With no layer trainable the pooled vector is the frozen extractor's (up to the fp16 cache), the
 MLP is the same module trained by the same loop (heads.train.fit_neural), so it reproduces head `mlp` on
-`text.<field>`.
+`text.<field>`. On `vggish_states` (the FC block's 12288-d input per 0.96 s example) the FC block
+12288-4096-4096-128 is rebuilt instead, its top `layers_trainable` Linear layers train, and each row's
+embedding goes to the `mlp` head's row encoder, so with nothing trainable it is head `mlp` on `vggish`.
 
     FinetuneTopHead(exp, backbone, n_classes).fit(data, keys, seed, device) -> heads.train.Fit
     .predict_proba(inputs) / .state() / FinetuneTopHead.load(doc, exp)
@@ -30,6 +32,7 @@ from pipeline.extractors.text_states import additive_mask, encoder_layers, run_l
 
 KIND = "finetune_top"
 STATES_EXTRACTOR = "text_states"
+VGGISH_STATES = "vggish_states"
 
 
 # ---------------------------------------------------------------- the backbone's top, as extracted
@@ -40,15 +43,22 @@ class Backbone:
     layer: int                          # the cached states are after this layer
     pooling: str                        # cls | mean | max
     normalize: bool
-    layers: nn.ModuleList
+    layers: nn.Module                   # text: ModuleList of encoder layers; vggish: the FC Sequential
+    kind: str = "text"                  # text | vggish
+    relu_output: bool = False           # vggish: the final ReLU of extractors.vggish.relu_output
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers) if self.kind == "text" else sum(isinstance(m, nn.Linear) for m in self.layers)
 
     @classmethod
     def from_store(cls, cfg: Config, store, key: str, exp: ExperimentConfig) -> "Backbone":
         """Load the checkpoint the store's states were made with (same fingerprint: same weights, layer, params)."""
         from pipeline.extractors.base import build_extractor
 
-        if key.partition(".")[0] != STATES_EXTRACTOR:
-            raise ValueError(f"head {KIND} trains on token states ({STATES_EXTRACTOR}.<field>), not {key!r}")
+        if key.partition(".")[0] not in (STATES_EXTRACTOR, VGGISH_STATES):
+            raise ValueError(f"head {KIND} trains on token states ({STATES_EXTRACTOR}.<field>) or VGGish FC inputs "
+                             f"({VGGISH_STATES}), not {key!r}")
         stored = store.current_fingerprint(key)
         if stored is None:
             raise ValueError(f"head {KIND}: {store.root} holds no {key!r}; run `emocache extract` first")
@@ -58,6 +68,8 @@ class Backbone:
             raise ValueError(f"head {KIND}: the {key!r} states in {store.root} (fingerprint {stored}) were made with "
                              f"other params or weights than params.yaml says now ({ext.fingerprint()}: "
                              f"{ext.params()}); rerun `emocache extract` or restore the params")
+        if key == VGGISH_STATES:
+            return cls._vggish(ext)
         if exp.max_frames < ext.tc.max_length:
             raise ValueError(f"head {KIND}: max_frames={exp.max_frames} would subsample the tokens of clips longer "
                              f"than that; set the experiment's max_frames >= extractors.text.max_length "
@@ -70,13 +82,29 @@ class Backbone:
             mode, normalize = ext.pool_spec["mode"], ext.pool_spec["normalize"] or normalize
         return cls(conf.to_json_string(), ext.sc.layer, mode, bool(normalize), top)
 
+    @classmethod
+    def _vggish(cls, ext) -> "Backbone":
+        from pipeline.audio.vggish_net import EMBEDDING_SIZE
+
+        if ext.vcfg.postprocess:
+            raise ValueError(f"head {KIND} on {VGGISH_STATES}: extractors.vggish.postprocess (PCA + 8-bit "
+                             f"quantisation) cannot be trained through; set it to false")
+        conf = json.dumps({"model_type": "vggish", "hidden_size": EMBEDDING_SIZE})
+        return cls(conf, 0, "rows", False, copy.deepcopy(ext.model.embeddings).cpu(), "vggish",
+                   bool(ext.vcfg.relu_output))
+
     def doc(self) -> dict:
         return {"config_json": self.config_json, "layer": self.layer, "pooling": self.pooling,
-                "normalize": self.normalize}
+                "normalize": self.normalize, "kind": self.kind, "relu_output": self.relu_output}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Backbone":
         """The architecture only (weights come with the head's state_dict)."""
+        if doc.get("kind") == "vggish":
+            from pipeline.audio.vggish_net import VGGish
+
+            return cls(doc["config_json"], int(doc["layer"]), doc["pooling"], bool(doc["normalize"]),
+                       VGGish().embeddings, "vggish", bool(doc["relu_output"]))
         from transformers import AutoConfig, AutoModel
 
         conf_dict = json.loads(doc["config_json"])
@@ -91,6 +119,8 @@ class TopLayers(nn.Module):
 
     The lower len - n_trainable layers stay frozen (eval mode, no gradient). A batch runs as `chunks` groups
     of similar length, each padded to its own longest clip; clips without text pool to 0."""
+
+    per_row = False
 
     def __init__(self, backbone: Backbone, n_trainable: int, chunks: int):
         super().__init__()
@@ -123,8 +153,35 @@ class TopLayers(nn.Module):
         return out
 
 
+class FCTop(nn.Module):
+    """(B, T, 12288) cached VGGish FC inputs + lengths -> (B, T, 128) embeddings of the rebuilt FC block; its
+    lower Linear layers (all but the top n_trainable) stay frozen. Padding rows stay 0."""
+
+    per_row = True
+
+    def __init__(self, backbone: Backbone, n_trainable: int):
+        super().__init__()
+        self.layers = backbone.layers
+        linear = [i for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
+        n_frozen = len(linear) - n_trainable
+        self.split = linear[n_frozen] if n_frozen < len(linear) else len(self.layers)
+        self.relu_output = backbone.relu_output
+        for p in self.layers[: self.split].parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = valid_mask(lengths, x.shape[1])
+        with torch.no_grad():
+            h = self.layers[: self.split](x[mask])
+        h = self.layers[self.split:](h)
+        if self.relu_output:
+            h = torch.relu(h)
+        return h.new_zeros(*mask.shape, h.shape[-1]).index_put((mask,), h)
+
+
 class TopEncoder(nn.Module):
-    """Rebuilt layers + pooling, then exactly the `mlp` head's RowEncoder on the one pooled row per clip."""
+    """Rebuilt layers (+ pooling for text), then exactly the `mlp` head's RowEncoder: on the one pooled row per
+    clip (text) or on each clip's embedding rows (vggish)."""
 
     def __init__(self, top: TopLayers, dim: int):
         super().__init__()
@@ -136,9 +193,14 @@ class TopEncoder(nn.Module):
     def norm(self):   # FusionHead.set_input_stats sets the z-score statistics here
         return self.rows.norm
 
+    def features(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the row encoder reads: (B, T', D) rows + their lengths."""
+        if self.top.per_row:
+            return self.top(x, lengths), lengths
+        return self.top(x, lengths)[:, None], (lengths > 0).long()
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        pooled = self.top(x, lengths)
-        return self.rows(pooled[:, None], (lengths > 0).long())
+        return self.rows(*self.features(x, lengths))
 
 
 class FinetuneTopModel(FusionHead):
@@ -148,12 +210,13 @@ class FinetuneTopModel(FusionHead):
     def __init__(self, key: str, backbone: Backbone, exp: ExperimentConfig, n_classes: int):
         dim = json.loads(backbone.config_json)["hidden_size"]
         k = exp.finetune.layers_trainable
-        n_top = len(backbone.layers)
+        n_top = backbone.n_layers
         n_trainable = n_top if k == "all" else int(k)
         if not 0 <= n_trainable <= n_top:
-            raise ValueError(f"finetune.layers_trainable={k}: the cache is after layer {backbone.layer}, so "
-                             f"{n_top} layers are rebuilt; use 0..{n_top} or 'all'")
-        top = TopLayers(backbone, n_trainable, exp.finetune.length_chunks)
+            raise ValueError(f"finetune.layers_trainable={k}: {n_top} layers are rebuilt above the cache; "
+                             f"use 0..{n_top} or 'all'")
+        top = (FCTop(backbone, n_trainable) if backbone.kind == "vggish"
+               else TopLayers(backbone, n_trainable, exp.finetune.length_chunks))
         super().__init__({key: TopEncoder(top, dim)}, ConcatFusion(dim),
                          MLPClassifier(dim, exp.mlp.hidden, n_classes, exp.mlp.dropout))
         self.backbone_lr = exp.finetune.backbone_lr
@@ -161,13 +224,14 @@ class FinetuneTopModel(FusionHead):
 
     @torch.no_grad()
     def input_stats(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        top = self.encoder(self.keys[0]).top
-        was = top.training
-        top.eval()
-        pooled = torch.cat([top(x[s:s + self.eval_batch_size], lengths[s:s + self.eval_batch_size])
-                            for s in range(0, len(x), self.eval_batch_size)])
-        top.train(was)
-        return input_stats(pooled[:, None], (lengths > 0).long())
+        """z-score statistics of what the row encoder reads (pooled vectors / embeddings), train split."""
+        enc = self.encoder(self.keys[0])
+        was = enc.top.training
+        enc.top.eval()
+        parts = [enc.features(x[s:s + self.eval_batch_size], lengths[s:s + self.eval_batch_size])
+                 for s in range(0, len(x), self.eval_batch_size)]
+        enc.top.train(was)
+        return input_stats(torch.cat([r for r, _ in parts]), torch.cat([n for _, n in parts]))
 
     def param_groups(self, lr: float) -> list[dict]:
         layers = self.encoder(self.keys[0]).top.layers
@@ -200,7 +264,8 @@ class FinetuneTopHead:
         """A new model: the rebuilt layers start from the backbone's pretrained weights every seed; the MLP is
         drawn from the RNG as build_head('mlp') draws it (fit_neural seeds it just before)."""
         backbone = Backbone(self.backbone.config_json, self.backbone.layer, self.backbone.pooling,
-                            self.backbone.normalize, copy.deepcopy(self.backbone.layers))
+                            self.backbone.normalize, copy.deepcopy(self.backbone.layers), self.backbone.kind,
+                            self.backbone.relu_output)
         return FinetuneTopModel(self.key, backbone, self.exp, self.n_classes)
 
     def predict_proba(self, inputs: Inputs) -> np.ndarray:

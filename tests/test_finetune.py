@@ -3,8 +3,9 @@
 One module-scoped project on a tiny generated text dataset (48 sentences, 3 classes, own splits), extracted
 once through the CLI with the bundled MiniLM (frozen sentence vectors and layer-4 token states). Checks: the
 states' fingerprint and append-only store, that finetune_top with its layers frozen reproduces the frozen
-MiniLM + MLP head (pooled vectors and predictions), a random-weights BERT round trip with trained layers, and
-`emocache train` / `evaluate` on a finetune_top experiment.
+MiniLM + MLP head (pooled vectors and predictions), a random-weights BERT round trip with trained layers,
+`emocache train` / `evaluate` / `predict` on a finetune_top experiment, and the VGGish variant (its FC block on
+the cached FC input: frozen = head mlp on vggish; only the top Linear layer trains).
 """
 from __future__ import annotations
 
@@ -297,3 +298,67 @@ def test_cli_predict_with_a_finetune_top_head(project, tmp_path, repo):
     assert doc["extraction"]["computed"]["text_states.transcript"] == 1   # the transcript's tokens, not the video
     whole = doc["video_level"]["whole_clip"]["scores"]
     assert set(whole) == {"anger", "joy", "sadness"} and sum(whole.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------- VGGish: the FC block on its cached input
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """24 two-second tone clips, 3 classes by pitch, own splits; VGGish with random weights (allowed)."""
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    rows, t = [], np.arange(32000) / 16000
+    for i in range(24):
+        label, hz = [("low", 220.0), ("mid", 880.0), ("high", 3520.0)][i % 3]
+        wave = 0.3 * np.sin(2 * np.pi * hz * (1 + 0.05 * rng.standard_normal()) * t) + 0.02 * rng.standard_normal(t.size)
+        sf.write(d / f"t{i:02d}.wav", wave.astype(np.float32), 16000)
+        rows.append([f"t{i:02d}.wav", label, ("train", "train", "val", "test")[(i // 3) % 4]])
+    with open(d / "tones.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "labels", "split"], *rows])
+    return d
+
+
+def tone_config(make_config, tones, **ft):
+    exp = {"dataset": "tones", "train": {**TINY, "epochs": 2}}
+    return make_config(
+        runtime={"device": "cpu"}, weights={"allow_untrained": ["vggish", "vggish_states"]},
+        datasets={"tones": {"adapter": "csv", "root": str(tones), "manifest": str(tones / "tones.csv"),
+                            "split": {"method": "own"}, "extractors": ["vggish", "vggish_states"]}},
+        experiments={"mlp": {**exp, "modalities": ["vggish"], "head": "mlp"},
+                     "ft": {**exp, "modalities": ["vggish_states"], "head": "finetune_top", "finetune": ft}})
+
+
+@pytest.mark.slow   # the FC block is 67M parameters: ~30 s of CPU
+def test_vggish_fc_block_frozen_reproduces_the_mlp_and_trains_its_top(tmp_path, make_config, tones):
+    from heads.checkpoint import load_checkpoint
+    from heads.cli_glue import family_of
+    from heads.data import load_head_data, open_stores
+    from heads.finetune import Backbone
+    from heads.train import run_experiment
+    from pipeline.datasets import list_dataset, read_clip_table, write_listing
+    from pipeline.runner import extract
+
+    cfg = tone_config(make_config, tones, layers_trainable=0)
+    write_listing(cfg, list_dataset(cfg, "tones"))
+    for fam in ("audio", "audio_states"):
+        extract(cfg, ["tones"], fam)
+    st = open_stores(cfg, ["vggish", "vggish_states"], family_of(cfg))
+    rows = st["vggish_states"].read("vggish_states", list(st["vggish_states"].index("vggish_states"))[:1])[0]
+    assert rows.arrays["features"].shape == (2, 12288) and rows.arrays["features"].dtype == np.float16
+    table, summary = read_clip_table(cfg, "tones")
+    r = {n: run_experiment(cfg, n, st, table, summary["labels"], False, tmp_path / n) for n in ("mlp", "ft")}
+    assert r["ft"]["metrics"]["f1_weighted"]["mean"] == pytest.approx(r["mlp"]["metrics"]["f1_weighted"]["mean"])
+    data = load_head_data(table, summary["labels"], False, st, 100)
+    idx = data.splits["test"]
+    pa = load_checkpoint(tmp_path / "mlp/model.pt").predict_proba(data.inputs(idx, ["vggish"]))
+    pb = load_checkpoint(tmp_path / "ft/model.pt").predict_proba(data.inputs(idx, ["vggish_states"]))
+    np.testing.assert_allclose(pa, pb, atol=5e-3)   # fp16 FC inputs
+
+    cfg = tone_config(make_config, tones, layers_trainable=1, backbone_lr=1e-3)
+    before = Backbone.from_store(cfg, st["vggish_states"], "vggish_states", cfg.experiments["ft"]).layers
+    run_experiment(cfg, "ft", st, table, summary["labels"], False, tmp_path / "ft1")
+    after = load_checkpoint(tmp_path / "ft1/model.pt").model.encoder("vggish_states").top.layers
+    linear = [i for i, m in enumerate(before) if isinstance(m, torch.nn.Linear)]
+    changed = [not torch.equal(before[i].weight, after[i].weight) for i in linear]
+    assert changed == [False, False, True]   # only the top Linear layer trained
