@@ -60,6 +60,9 @@ def resolve_head(cfg: Config, head: str, models_dir: str = "models") -> tuple[Pa
                        f"Trained runs in {cfg.path(models_dir)}: {', '.join(trained) or '(none; run `emocache train`)'}")
 
 
+TEXT_FAMILIES = ("text", "text_states")   # stores read from the transcript (text_states: finetune_top's tokens)
+
+
 def _families(cfg: Config, keys: list[str]) -> dict[str, str]:
     from pipeline.extractors.base import build_extractor
 
@@ -175,8 +178,8 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
     th = load_checkpoint(ckpt_path)
     keys = list(th.doc["modalities"])
     fams = _families(cfg, keys)
-    text_keys = [k for k in keys if fams[k] == "text"]
-    media_keys = [k for k in keys if fams[k] != "text"]
+    text_keys = [k for k in keys if fams[k] in TEXT_FAMILIES]
+    media_keys = [k for k in keys if fams[k] not in TEXT_FAMILIES]
     if text_keys and not transcript:
         raise PredictError(f"head {run!r} reads text ({', '.join(text_keys)}): pass --transcript \"...\" "
                            f"(this tool has no speech-to-text)")
@@ -232,7 +235,7 @@ def predict_video(cfg: Config, video: str | Path, head: str, transcript: Optiona
     failed_segments = {f["clip_id"]: f"{f['extractor']} ({f['stage']}): {f['error']}" for f in failures}
 
     # rows to score: the whole clip, then each segment that extracted cleanly
-    row_ids = [{k: (text_id if fams[k] == "text" else whole_id) for k in keys}]
+    row_ids = [{k: (text_id if fams[k] in TEXT_FAMILIES else whole_id) for k in keys}]
     seg_ids = [clip_id_for(media_sha, s.start, s.end, {}) for s in segments] if per_segment else []
     scored = [i for i, cid in enumerate(seg_ids) if cid not in failed_segments]
     row_ids += [{k: seg_ids[i] for k in keys} for i in scored]

@@ -22,7 +22,7 @@ def collect_status(cfg: Config) -> list[str]:
 
     lines = []
     stores: dict[str, FeatureStore] = {}
-    for fam in ("audio", "text", "video"):
+    for fam in ("audio", "audio_states", "text", "text_states", "video"):   # *_states: finetune_top inputs
         p = store_path(cfg.store, Path(cfg.base_dir), fam)
         if "://" in p or Path(p).exists():
             stores[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -120,6 +120,16 @@ class LogRegConfig(Strict):
     max_iter: int = 1000
 
 
+class FinetuneConfig(Strict):
+    """Head finetune_top: the backbone's layers above the cached text_states layer, rebuilt with their
+    pretrained weights, then the extractors.text pooling and the MLP of `mlp`; trained on the cached states."""
+    layers_trainable: Union[int, Literal["all"]] = "all"   # top k of the rebuilt layers learn; 0 = all frozen
+    backbone_lr: float = 5e-5               # lr of the rebuilt layers (small: pretrained); the MLP uses train.lr
+    # A minibatch runs its layers as this many chunks of similar token counts, each padded only to its own
+    # longest clip (random batches of utterances are mostly padding otherwise); the result is the same.
+    length_chunks: int = 4
+
+
 class TuneConfig(Strict):
     """`emocache tune`: the Optuna search space (validation split only) and how the search runs."""
     trials: int = 30
@@ -148,6 +158,7 @@ class ExperimentConfig(Strict):
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     nextvlad: NeXtVLADConfig = Field(default_factory=NeXtVLADConfig)
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @field_validator("head")

@@ -69,19 +69,24 @@ def build_head(kind: str, exp: ExperimentConfig, input_dims: dict[str, int], n_c
 
 
 def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str], seed: int,
-               device: torch.device, on_eval=None, show_progress: bool = True) -> Fit:
-    """on_eval(epoch, val_score), when given, is called after each validation pass (tuning prunes through it)."""
+               device: torch.device, on_eval=None, show_progress: bool = True, build=None) -> Fit:
+    """on_eval(epoch, val_score), when given, is called after each validation pass (tuning prunes through it).
+    build(): makes the model instead of build_head (finetune_top); it may bring its own input_stats and
+    param_groups(lr)."""
     tc = exp.train
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     train_idx = data.splits["train"]
-    model = build_head(kind, exp, {k: data.modalities[k].dim for k in keys}, data.n_classes)
+    model = build() if build is not None else build_head(kind, exp, {k: data.modalities[k].dim for k in keys},
+                                                         data.n_classes)
     if tc.standardize:
-        model.set_input_stats({k: input_stats(*data.modalities[k].take(train_idx)) for k in keys})
+        stats = getattr(model, "input_stats", input_stats)
+        model.set_input_stats({k: stats(*data.modalities[k].take(train_idx)) for k in keys})
     model.to(device)
     loss_fn = build_loss(tc, data.vocab, data.multilabel, data.y[train_idx]).to(device)
     schedule = resolve_schedule(tc, len(train_idx))
-    opt = make_optimizer(model.parameters(), schedule)
+    groups = getattr(model, "param_groups", None)
+    opt = make_optimizer(groups(schedule.lr) if groups is not None else model.parameters(), schedule)
     sched = make_scheduler(opt, schedule)
     stopper = EarlyStopper(schedule.early_stop_patience if data.has("val") else 0)
     epochs = schedule.epochs

@@ -32,6 +32,7 @@ _BUILTIN: dict[str, str] = {
     "nextvlad": "heads.neural:NeXtVLADHead",
     "late_fusion": "heads.fusion:LateFusionHead",
     "logreg": "heads.baselines:LogRegHead",
+    "finetune_top": "heads.finetune:FinetuneTopHead",
 }
 _REGISTERED: dict[str, type["HeadKind"]] = {}
 
@@ -74,6 +75,12 @@ class HeadKind(ABC):
     def load(cls, state: dict, exp: "ExperimentConfig", input_dims: dict[str, int], n_classes: int,
              multilabel: bool) -> "HeadKind":
         """The head back from state() (the checkpoint dict holds state()'s keys at its top level)."""
+
+    @classmethod
+    def prepare(cls, cfg, stores: dict, exp: "ExperimentConfig") -> dict:
+        """What fit() needs from the cache beyond the feature rows (finetune_top: the rebuilt backbone layers);
+        run_experiment puts it in HeadData.meta. Most kinds need nothing."""
+        return {}
 
     @classmethod
     def search_kind(cls, n_modalities: int) -> Optional[str]:

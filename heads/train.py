@@ -86,6 +86,7 @@ def run_experiment(cfg: HeadsConfig, name: str, stores: Mapping[str, object], cl
         features[k] = {"fingerprint": fp, "weights": weights_label(meta.get("pretrained"), w.get("learned", True)),
                        "made_with": meta.get("versions")}
     provenance = {"params_sha256": params_hash(exp, cfg.datasets[exp.dataset]), "features": features}
+    data.meta.update(head_kind(exp.head).prepare(cfg, stores, exp))
     return train_on_data(exp, data, out_dir, name=name, pretrained=flags, provenance=provenance)
 
 

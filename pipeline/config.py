@@ -139,6 +139,12 @@ class VGGishConfig(Strict):
     init_seed: int = 0                      # random init (only when allowed in params) is reproducible
 
 
+class VGGishStatesConfig(Strict):
+    """Cached fine-tuning of VGGish: the input of its fully connected block (the flattened 12288-d conv map) per
+    0.96 s example, so head finetune_top can train the FC layers on it. Everything else: extractors.vggish."""
+    dtype: Literal["fp16", "fp32"] = "fp16"
+
+
 class EGeMAPSConfig(Strict):
     feature_set: str = "eGeMAPSv02"
 
@@ -155,6 +161,14 @@ class TextConfig(Strict):
     max_length: int = 128
     pair_mode: Literal["pair", "concat"] = "pair"   # how the 'combined' field joins factual + situational
     batch_size: int = 64
+
+
+class TextStatesConfig(Strict):
+    """Cached fine-tuning: the token hidden states after `layer` (one fp16 row per real token, no padding), so
+    head finetune_top can train the layers above on them. Model, fields, max_length, pair_mode and batch_size
+    are those of extractors.text."""
+    layer: int = 4                          # states after this many encoder layers (0 = embeddings); < num layers
+    dtype: Literal["fp16", "fp32"] = "fp16"
 
 
 class DetectorConfig(Strict):
@@ -244,8 +258,10 @@ class VideoConfig(Strict):
 
 class ExtractorsConfig(Strict):
     vggish: VGGishConfig = Field(default_factory=VGGishConfig)
+    vggish_states: VGGishStatesConfig = Field(default_factory=VGGishStatesConfig)
     egemaps: EGeMAPSConfig = Field(default_factory=EGeMAPSConfig)
     text: TextConfig = Field(default_factory=TextConfig)
+    text_states: TextStatesConfig = Field(default_factory=TextStatesConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
 
 

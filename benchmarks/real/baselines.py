@@ -229,7 +229,7 @@ def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path
         meta = stores[key].meta(key)
         features[key] = {"pretrained": r["pretrained"].get(key), "weights": meta.get("weights", {}).get("source"),
                          "params": {k: v for k, v in meta.get("params", {}).items()
-                                    if k in ("model", "pooling", "feature_set", "relu_output", "postprocess")}}
+                                    if k in ("model", "pooling", "layer", "feature_set", "relu_output", "postprocess")}}
     out = {"metrics": {k: r["metrics"][k] for k in (*REPORTED, "mAP")}, "head": r["head"],
            "features": features, "all_pretrained": r["all_pretrained"], "seeds": r["seeds"],
            "runs": len(r["seeds"]), "best_epoch": r["best_epoch"], "epochs_run": r.get("epochs_run"),

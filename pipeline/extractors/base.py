@@ -71,6 +71,11 @@ class Extractor(ABC):
         self.variant = variant               # e.g. the text field for 'text'
         self.weights: Optional[WeightsInfo] = None
 
+    @classmethod
+    def section_of(cls, extractors: Any) -> Any:
+        """What of params' `extractors:` this extractor reads: its own section, unless a subclass says more."""
+        return getattr(extractors, cls.config_section or cls.name, None)
+
     # -- identity
     @property
     def key(self) -> str:
@@ -135,5 +140,4 @@ def build_extractor(cfg: PipelineConfig, spec: str) -> Extractor:
     if name not in EXTRACTORS:
         raise UnknownNameError(f"unknown extractor {spec!r}; known: {', '.join(sorted(EXTRACTORS))}")
     cls = EXTRACTORS[name]
-    section = getattr(cfg.extractors, cls.config_section or cls.name, None)
-    return cls(section, cfg.extractor_settings(), variant or None)
+    return cls(cls.section_of(cfg.extractors), cfg.extractor_settings(), variant or None)
