@@ -15,12 +15,6 @@ from typing import Optional
 from emocache.config import Config
 
 
-def family_of(cfg: Config):
-    from pipeline.extractors.base import build_extractor
-
-    return lambda key: build_extractor(cfg, key).family
-
-
 def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path,
                      trials: Optional[int] = None, out_name: Optional[str] = None) -> dict:
     """trials None: `emocache train`; else `emocache tune` with that many trials, written as `out_name`."""
@@ -30,7 +24,7 @@ def train_experiment(cfg: Config, name: str, models_dir: Path, metrics_dir: Path
 
     exp = cfg.experiments[name]
     table, summary = read_clip_table(cfg, exp.dataset)
-    stores = open_stores(cfg, list(exp.modalities), family_of(cfg))
+    stores = open_stores(cfg, list(exp.modalities))
     if trials is None:
         out = cfg.path(models_dir) / name
         result = run_experiment(cfg, name, stores, table, summary["labels"], summary["multilabel"], out)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import numpy as np
 import pandas as pd
+
+from pipeline.catalog import Cache, uniform_rows  # noqa: F401 (uniform_rows: re-exported for heads' callers)
 
 if TYPE_CHECKING:
     import torch
@@ -87,40 +89,10 @@ def encode_labels(labels: pd.Series, vocab: list[str], multilabel: bool) -> np.n
 
 
 # ---------------------------------------------------------------- features
-def uniform_rows(length: int, max_rows: int) -> np.ndarray:
-    """Row indices that keep at most max_rows rows spread evenly over the clip (seed 002 samples T=100)."""
-    if length <= max_rows:
-        return np.arange(length)
-    return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)
-
-
-def read_modality(store, key: str, clip_ids: list[str], max_rows: int, name: str = "features") -> Modality:
-    """(N, T, D) for every clip id; clips the store lacks get length 0."""
-    import torch
-
-    index = store.index(key)
-    present = [i for i, c in enumerate(clip_ids) if c in index]
-    if not present:
-        raise ValueError(f"store {store.root} has no clips of this table under {key!r}")
-    rows = store.read(key, [clip_ids[i] for i in present], [name])
-    arrays = [r.arrays[name].reshape(r.arrays[name].shape[0], -1) for r in rows]
-    dim = next((a.shape[1] for a in arrays if a.shape[0]), arrays[0].shape[1])
-    lengths = np.zeros(len(clip_ids), dtype=np.int64)
-    picked = []
-    for i, a in zip(present, arrays):
-        keep = uniform_rows(a.shape[0], max_rows)
-        lengths[i] = len(keep)
-        picked.append(a[keep])
-    t = max(1, int(lengths.max()))
-    x = np.zeros((len(clip_ids), t, dim), dtype=np.float32)
-    for i, a in zip(present, picked):
-        x[i, : a.shape[0]] = a
-    return Modality(torch.from_numpy(x), torch.from_numpy(lengths))
-
-
 def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool, stores: Mapping[str, object],
                    max_frames: int, name: str = "features") -> HeadData:
-    """Build tensors for every modality in `stores` ({store key: FeatureStore})."""
+    """Build tensors for every modality in `stores` (a Cache from pipeline.catalog.open_catalog, or any
+    {store key: FeatureStore}); clips a store lacks get length 0."""
     import torch
 
     for col in ("clip_id", "split", "labels"):
@@ -136,7 +108,9 @@ def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool,
     clip_table = clip_table[labelled]
     clip_ids = clip_table["clip_id"].astype(str).tolist()
     y = encode_labels(clip_table["labels"], vocab, multilabel)
-    mods = {key: read_modality(store, key, clip_ids, max_frames, name) for key, store in stores.items()}
+    cache = stores if isinstance(stores, Cache) else Cache(stores)
+    read = cache.read(list(stores), clip_ids, padded=True, max_rows=max_frames, name=name)
+    mods = {key: Modality(torch.from_numpy(p.x), torch.from_numpy(p.lengths)) for key, p in read.items()}
     split_col = clip_table["split"].to_numpy()
     splits = {s: torch.from_numpy(np.flatnonzero(split_col == s).astype(np.int64)) for s in SPLITS}
     coverage = {k: float((m.lengths > 0).float().mean()) for k, m in mods.items()}
@@ -145,22 +119,11 @@ def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool,
 
 
 # ---------------------------------------------------------------- stores
-FamilyOf = Union[Mapping[str, str], Callable[[str], str]]
+def open_stores(cfg, keys: list[str]) -> Cache:
+    """The cache (pipeline/catalog.py) restricted to `keys`: the catalog says which store holds each key."""
+    from pipeline.catalog import open_catalog
 
-
-def open_stores(cfg, keys: list[str], family_of: FamilyOf) -> dict:
-    """{key: FeatureStore} for the family that holds each key (family lookup is the caller's)."""
-    from pipeline.store import FeatureStore
-
-    lookup = family_of if callable(family_of) else family_of.__getitem__
-    by_family: dict[str, FeatureStore] = {}
-    out = {}
-    for key in keys:
-        fam = lookup(key)
-        if fam not in by_family:
-            by_family[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)
-        out[key] = by_family[fam]
-    return out
+    return open_catalog(cfg.store, Path(cfg.base_dir)).select(list(keys))
 
 
 def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str, Optional[bool]]:

@@ -1,0 +1,319 @@
+"""The store describes itself: a catalog at the root of `store.dir`, and the one reader of cached features.
+
+    <store.dir>/catalog.json   {"format": "emocache-catalog", "version": 1,
+                                "stores": {family: {"path": "audio.zarr", "format": "zarr"}},
+                                "keys":   {store key: family}}
+
+Writers record a family store when they open it (FeatureStore.for_family) and a key when they make a
+fingerprint current (FeatureStore.set_current); the doc is replaced atomically under a short flock on local
+disk (object storage: one atomic PUT). Code that only reads the cache asks the catalog where a key lives
+(`open_catalog(store_cfg, base)`), never the extractor registry. The family stores remain the truth: a
+catalog that is missing (a cache made before it existed), unreadable, written by a newer emocache, or that
+does not know a key is rebuilt by listing the family stores under `store.dir`.
+
+`Cache.read(keys, clip_ids, padded=True|False, max_rows=...)` is THE reader: heads, predict, evaluate and
+status all read through it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+
+from emocache.config import StoreConfig
+from pipeline.store import ClipRows, FeatureStore, store_path
+
+log = logging.getLogger("emocache.store")
+
+CATALOG = "catalog.json"
+CATALOG_LOCK = ".catalog.lock"
+CATALOG_FORMAT = "emocache-catalog"
+CATALOG_VERSION = 1
+FAMILIES = ("audio", "text", "video")   # the family stores a store.dir can hold (pipeline.extractors.base)
+
+
+# ---------------------------------------------------------------- the document
+def _empty() -> dict:
+    return {"format": CATALOG_FORMAT, "version": CATALOG_VERSION, "stores": {}, "keys": {}}
+
+
+def _fs(root: str, storage_options: Optional[dict]):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    return fs, path
+
+
+def _read_raw(root: str, storage_options: Optional[dict]) -> Optional[bytes]:
+    if "://" in root:
+        fs, path = _fs(root, storage_options)
+        fs.invalidate_cache()
+        target = f"{path.rstrip('/')}/{CATALOG}"
+        return fs.cat_file(target) if fs.exists(target) else None
+    p = Path(root) / CATALOG
+    return p.read_bytes() if p.is_file() else None
+
+
+def _parse(raw: bytes, where: str) -> dict:
+    """The catalog doc, or ValueError saying why it is not trusted."""
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is corrupted ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
+        raise ValueError(f"{where} is not an emocache catalog")
+    if not isinstance(doc.get("version"), int) or doc["version"] > CATALOG_VERSION:
+        raise ValueError(f"{where} was written by a newer emocache (catalog version {doc.get('version')!r}; "
+                         f"this version reads up to {CATALOG_VERSION})")
+    if not isinstance(doc.get("stores"), dict) or not isinstance(doc.get("keys"), dict) \
+            or any(f not in doc["stores"] for f in doc["keys"].values()):
+        raise ValueError(f"{where} is corrupted (a key names a store it does not list)")
+    return doc
+
+
+def load_catalog(root: str, storage_options: Optional[dict] = None) -> Optional[dict]:
+    """The catalog at `root`, or None when there is none or it cannot be trusted (logged: it gets rebuilt)."""
+    try:
+        raw = _read_raw(root, storage_options)
+        return None if raw is None else _parse(raw, f"{root.rstrip('/')}/{CATALOG}")
+    except (OSError, ValueError) as e:
+        log.warning("store catalog: %s; rebuilding it from the family stores", e)
+        return None
+
+
+def _write(root: str, doc: dict, storage_options: Optional[dict]) -> None:
+    data = json.dumps(doc, indent=1, sort_keys=True).encode()
+    if "://" in root:
+        fs, path = _fs(root, storage_options)
+        fs.pipe_file(f"{path.rstrip('/')}/{CATALOG}", data)   # one PUT: atomic on object storage
+        return
+    p = Path(root) / CATALOG
+    tmp = p.with_name(f"{CATALOG}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, p)   # readers see the old catalog or the new one
+
+
+@contextmanager
+def _locked(root: str) -> Iterator[None]:
+    """Writers of different family stores update one catalog: serialise the read-modify-write (local only)."""
+    if "://" in root:
+        yield
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(root) / CATALOG_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the flock, also when the holder is killed
+
+
+def record(root: str, family: str, store_name: str, fmt: str, key: Optional[str] = None,
+           storage_options: Optional[dict] = None) -> None:
+    """Make the catalog at `root` list the family store (and `key` in it). Writes only when something changes."""
+    def wanted(doc: Optional[dict]) -> bool:
+        return doc is not None and doc["stores"].get(family) == {"path": store_name, "format": fmt} \
+            and (key is None or doc["keys"].get(key) == family)
+
+    if wanted(load_catalog(root, storage_options)):
+        return
+    with _locked(root):
+        doc = load_catalog(root, storage_options) or _scan(root, fmt, storage_options)
+        if wanted(doc):
+            return
+        doc["stores"][family] = {"path": store_name, "format": fmt}
+        if key is not None:
+            doc["keys"][key] = family
+        _write(root, doc, storage_options)
+
+
+def _scan(root: str, fmt: str, storage_options: Optional[dict]) -> dict:
+    """A catalog built from the family stores under `root` (their keys are their top-level groups)."""
+    doc = _empty()
+    probe = StoreConfig(dir=root, format=fmt)
+    for fam in FAMILIES:
+        path = store_path(probe, Path("."), fam)
+        if not _exists(path, storage_options):
+            continue
+        st = FeatureStore(path, fmt, storage_options=storage_options)
+        doc["stores"][fam] = {"path": path.rstrip("/").rsplit("/", 1)[-1], "format": fmt}
+        for k in st.keys():
+            doc["keys"].setdefault(k, fam)
+    return doc
+
+
+def _exists(path: str, storage_options: Optional[dict]) -> bool:
+    if "://" in path:
+        fs, p = _fs(path, storage_options)
+        return fs.exists(p)
+    return Path(path).exists()
+
+
+def catalog_root(store_cfg: StoreConfig, base: Path) -> str:
+    d = store_cfg.dir
+    if "://" in d:
+        return d.rstrip("/")
+    p = Path(d)
+    return str(p if p.is_absolute() else base / p)
+
+
+# ---------------------------------------------------------------- the reader
+def uniform_rows(length: int, max_rows: int) -> np.ndarray:
+    """Row indices that keep at most max_rows rows spread evenly over the clip (seed 002 samples T=100)."""
+    if length <= max_rows:
+        return np.arange(length)
+    return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)
+
+
+@dataclass
+class Padded:
+    x: np.ndarray          # (N, T, D) float32, zero-padded; T >= 1
+    lengths: np.ndarray    # (N,) int64 valid rows; 0 = the store lacks the clip (or it has no rows)
+
+
+class Cache(Mapping):
+    """Every family store under one store.dir, addressed by store key. A Mapping key -> FeatureStore."""
+
+    def __init__(self, stores: Mapping[str, FeatureStore], root: str = "", reload=None):
+        self._stores = dict(stores)
+        self.family_stores: dict[str, FeatureStore] = {}   # family -> store, when opened from a store.dir
+        self.root = root
+        self._reload = reload
+        self._rescanned = False
+        if reload is not None:
+            self._stores, self.family_stores = reload(False)
+
+    def __getitem__(self, key: str) -> FeatureStore:
+        if key not in self._stores and self._reload is not None and not self._rescanned:
+            # a key the catalog does not know (e.g. a writer that lost a race on object storage): ask the stores
+            self._rescanned = True
+            self._stores, self.family_stores = self._reload(True)
+        if key not in self._stores:
+            raise KeyError(f"the cache {self.root or '(given stores)'} has no features for {key!r}; cached: "
+                           f"{', '.join(sorted(self._stores)) or 'none'} (run `emocache extract` first)")
+        return self._stores[key]
+
+    def __iter__(self):
+        return iter(self._stores)
+
+    def __len__(self) -> int:
+        return len(self._stores)
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def select(self, keys: list[str]) -> "Cache":
+        return Cache({k: self[k] for k in keys}, self.root)
+
+    def meta(self, key: str) -> dict:
+        """What the key's extractor recorded for its current fingerprint ({} when nothing is recorded)."""
+        try:
+            return self[key].meta(key)
+        except KeyError:
+            return {}
+
+    def read(self, keys: list[str], clip_ids: list[str], padded: bool = True, max_rows: Optional[int] = None,
+             name: Optional[str] = "features", fingerprints: Optional[Mapping[str, str]] = None,
+             dims: Optional[Mapping[str, int]] = None, missing_ok: bool = True) -> dict:
+        """Features of `clip_ids` for every key: {key: Padded} or, with padded=False, {key: [ClipRows | None]}.
+
+        Rows are flattened to (L, D) and thinned to at most `max_rows` spread evenly (uniform_rows). A clip the
+        store lacks gets length 0 / None with `missing_ok`, else KeyError. `fingerprints`: read these instead of
+        the current ones; `dims`: the D to use when no requested clip has a row. Ragged with name=None: every
+        array the extractor stores."""
+        clip_ids = list(clip_ids)
+        out = {}
+        for key in keys:
+            st = self[key]
+            fp = (fingerprints or {}).get(key) or st._require_current(key)
+            index = st.index(key, fp)
+            present = [i for i, c in enumerate(clip_ids) if c in index]
+            if len(present) < len(clip_ids) and not missing_ok:
+                lost = [c for c in clip_ids if c not in index]
+                raise KeyError(f"{key}: {len(lost)} clip(s) not in the store {st.root}, e.g. {lost[:3]}")
+            if not present:
+                raise ValueError(f"store {st.root} has none of the {len(clip_ids)} requested clips under {key!r}")
+            if padded:
+                out[key] = _padded(st, key, fp, clip_ids, present, name, max_rows, (dims or {}).get(key))
+            else:
+                out[key] = _ragged(st, key, fp, clip_ids, present, name, max_rows)
+        return out
+
+
+def _keep(length: int, max_rows: Optional[int]):
+    return slice(None) if max_rows is None or length <= max_rows else uniform_rows(length, max_rows)
+
+
+def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: list[int], name: str,
+            max_rows: Optional[int], dim: Optional[int]) -> Padded:
+    index = st.index(key, fp)
+    wanted = [clip_ids[i] for i in present]
+    blocks = list(st._blocks(key, wanted, [name], fp, False))   # each segment's row range read once
+    lengths = np.zeros(len(clip_ids), dtype=np.int64)
+    for i in present:
+        n = index[clip_ids[i]].length
+        lengths[i] = n if max_rows is None else min(n, max_rows)
+    stored = [blk[name] for _, blk, _, _, _ in blocks if name in blk]
+    with_rows = [r for r in stored if r.shape[0]] or stored
+    d = int(np.prod(with_rows[0].shape[1:], dtype=np.int64)) if with_rows else (dim or 0)
+    x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
+    for positions, block, lo, _, _ in blocks:
+        if name not in block:
+            continue   # a segment of only empty clips stores no feature arrays
+        rows = block[name]
+        for j in positions:
+            e = index[wanted[j]]
+            if e.length:
+                a = rows[e.offset - lo: e.offset - lo + e.length].reshape(e.length, -1)
+                x[present[j], : lengths[present[j]]] = a[_keep(e.length, max_rows)]
+    return Padded(x, lengths)
+
+
+def _ragged(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: list[int], name: Optional[str],
+            max_rows: Optional[int]) -> list[Optional[ClipRows]]:
+    rows = st.read(key, [clip_ids[i] for i in present], None if name is None else [name], fingerprint=fp)
+    out: list[Optional[ClipRows]] = [None] * len(clip_ids)
+    for i, r in zip(present, rows):
+        keep = _keep(len(r.times), max_rows)
+        out[i] = r if max_rows is None else ClipRows({n: a[keep] if a.shape[0] else a for n, a in r.arrays.items()},
+                                                     r.times[keep], r.attrs)
+    return out
+
+
+def open_catalog(store_cfg: StoreConfig, base: Path, storage_options: Optional[dict] = None) -> Cache:
+    """The cache under store.dir: every key the catalog knows. A missing or untrusted catalog, or a key it does
+    not know, is answered by listing the family stores (and the catalog is rewritten from that listing)."""
+    root = catalog_root(store_cfg, Path(base))
+    if storage_options is None:
+        storage_options = dict(store_cfg.storage_options) or None
+    return Cache({}, root, reload=lambda rescan: _load(root, store_cfg, storage_options, rescan))
+
+
+def _load(root: str, store_cfg: StoreConfig, storage_options: Optional[dict], rescan: bool):
+    doc = None if rescan else load_catalog(root, storage_options)
+    if doc is None:
+        doc = _scan(root, store_cfg.format, storage_options)
+        if doc["stores"]:
+            try:
+                with _locked(root):
+                    _write(root, doc, storage_options)
+            except OSError as e:   # a read-only cache still reads
+                log.debug("store catalog %s: not rewritten: %s", root, e)
+    by_family = {}
+    for fam, s in sorted(doc["stores"].items(), key=lambda kv: (FAMILIES + (kv[0],)).index(kv[0])):
+        path = f"{root}/{s['path']}"
+        if _exists(path, storage_options):   # opening a Zarr store creates it: never for a reader
+            by_family[fam] = FeatureStore(path, s["format"], store_cfg.compressor, store_cfg.chunk_mb,
+                                          storage_options, store_cfg.remote_gc_age_s)
+    return {k: by_family[f] for k, f in doc["keys"].items() if f in by_family}, by_family
