@@ -125,9 +125,10 @@ def record(root: str, family: str, store_name: str, fmt: str, key: Optional[str]
     if wanted(load_catalog(root, storage_options)):
         return
     with _locked(root):
-        doc = load_catalog(root, storage_options) or _scan(root, fmt, storage_options)
+        doc = load_catalog(root, storage_options)
         if wanted(doc):
             return
+        doc = doc or _scan(root, fmt, storage_options)
         doc["stores"][family] = {"path": store_name, "format": fmt}
         if key is not None:
             doc["keys"][key] = family

@@ -181,7 +181,14 @@ class ZarrBackend:
         sync(self.root.store.delete_dir(path))
 
     def remove_partial_files(self, path: str) -> int:
-        return 0  # a killed Zarr writer leaves only uncommitted segment groups, which segments() reports
+        """Temporary files of a consolidated-index write a killed process left (segments: gc_uncommitted)."""
+        if "://" in self.root_path:
+            return 0
+        d = Path(self.root_path) / path
+        stale = list(d.glob("_index.*.partial")) if d.is_dir() else []   # zarr LocalStore's temp names
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return len(stale)
 
 
 class HDF5Backend:
@@ -281,7 +288,7 @@ class HDF5Backend:
     def remove_partial_files(self, path: str) -> int:
         """Temporary .h5 files a killed writer left in `path` (never renamed into place = never committed)."""
         d = self.root / path
-        stale = list(d.glob("*.h5.tmp*")) if d.is_dir() else []
+        stale = [*d.glob("*.h5.tmp*"), *d.glob("_index.json.tmp*")] if d.is_dir() else []
         for f in stale:
             f.unlink(missing_ok=True)
         return len(stale)
