@@ -259,16 +259,28 @@ def _keep(length: int, max_rows: Optional[int]):
 def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: list[int], name: str,
             max_rows: Optional[int], dim: Optional[int]) -> Padded:
     index = st.index(key, fp)
-    wanted = [clip_ids[i] for i in present]
-    blocks = list(st._blocks(key, wanted, [name], fp, False))   # each segment's row range read once
-    lengths = np.zeros(len(clip_ids), dtype=np.int64)
+    full = np.zeros(len(clip_ids), dtype=np.int64)
     for i in present:
-        n = index[clip_ids[i]].length
-        lengths[i] = n if max_rows is None else min(n, max_rows)
-    stored = [blk[name] for _, blk, _, _, _ in blocks if name in blk]
-    with_rows = [r for r in stored if r.shape[0]] or stored
-    d = int(np.prod(with_rows[0].shape[1:], dtype=np.int64)) if with_rows else (dim or 0)
-    x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
+        full[i] = index[clip_ids[i]].length
+    lengths = full if max_rows is None else np.minimum(full, max_rows)
+    layout = next((st.raw_rows(key, fp, clip_ids[i], name) for i in present if full[i]), None)
+    thinned = [i for i in present if lengths[i] < full[i]]
+    if layout is not None:   # D from the layout; whole clips straight from the files (pread into x)
+        d = int(np.prod(layout.shape[1:], dtype=np.int64))
+        x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
+        direct = [i for i in present if lengths[i] == full[i]]
+        rest = st.read_direct(key, fp, clip_ids, name, x, lengths, direct) + thinned
+    else:
+        x, rest = None, present
+    if not rest:
+        return Padded(x, lengths)
+    wanted = [clip_ids[i] for i in rest]
+    blocks = list(st._blocks(key, wanted, [name], fp, False))   # each segment's row range read once
+    if x is None:
+        stored = [blk[name] for _, blk, _, _, _ in blocks if name in blk]
+        with_rows = [r for r in stored if r.shape[0]] or stored
+        d = int(np.prod(with_rows[0].shape[1:], dtype=np.int64)) if with_rows else (dim or 0)
+        x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
     for positions, block, lo, _, _ in blocks:
         if name not in block:
             continue   # a segment of only empty clips stores no feature arrays
@@ -277,7 +289,7 @@ def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: l
             e = index[wanted[j]]
             if e.length:
                 a = rows[e.offset - lo: e.offset - lo + e.length].reshape(e.length, -1)
-                x[present[j], : lengths[present[j]]] = a[_keep(e.length, max_rows)]
+                x[rest[j], : lengths[rest[j]]] = a[_keep(e.length, max_rows)]
     return Padded(x, lengths)
 
 

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.raw_rows import RawLayout, native_order, read_rows
+
 
 def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int, chunk_mb: float) -> int:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
@@ -36,6 +38,7 @@ class ZarrBackend:
         self.chunk_mb = chunk_mb
         self.compressors = self._compressors(compressor)
         self._arrays: dict = {}
+        self._layouts: dict[str, Optional[RawLayout]] = {}   # segments are immutable: found once per session
 
     def _open_root(self, root: str, kw: dict):
         from zarr.errors import ContainsGroupError
@@ -87,7 +90,8 @@ class ZarrBackend:
         async def _ls():
             return [k async for k in self.root.store.list_dir(path)]
 
-        return sorted(k for k in sync(_ls()) if k != "zarr.json")
+        # '*.partial': zarr's temporary file of a metadata write a killed process left; never a node
+        return sorted(k for k in sync(_ls()) if k != "zarr.json" and not k.endswith(".partial"))
 
     def get_blob(self, path: str) -> Optional[bytes]:
         from zarr.core.buffer import default_buffer_prototype
@@ -134,16 +138,27 @@ class ZarrBackend:
         return arr
 
     def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
-        """Several (array path, start, stop) reads in one round of zarr's async I/O (overlapped, not one by one).
+        """Several (array path, start, stop) reads.
 
-        Fast path: an uncompressed little-endian array stored as ONE chunk (the usual segment) is read as
-        its raw chunk bytes and viewed as an ndarray, skipping zarr's decode-and-copy into a new array."""
+        Local uncompressed arrays (the default) are read row-exactly with pread (pipeline/raw_rows.py). Others go
+        through one round of zarr's async I/O (overlapped, not one by one); there an uncompressed array stored as
+        ONE chunk is read as its raw chunk bytes and viewed as an ndarray, skipping zarr's decode-and-copy."""
         import asyncio
 
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        arrays = [self._array(p) for p, _, _ in requests]
+        out: list = [None] * len(requests)
+        slow = []
+        for i, (p, lo, hi) in enumerate(requests):
+            layout = self.raw_layout(p)
+            if layout is not None:
+                out[i] = read_rows(layout, lo, hi)
+            else:
+                slow.append(i)
+        if not slow:
+            return out
+        arrays = [self._array(requests[i][0]) for i in slow]
 
         async def one(a, lo, hi):
             if self._single_raw_chunk(a):
@@ -154,9 +169,38 @@ class ZarrBackend:
             return np.asarray(await a._async_array.getitem(slice(lo, hi)))
 
         async def _all():
-            return await asyncio.gather(*(one(a, lo, hi) for a, (_, lo, hi) in zip(arrays, requests)))
+            return await asyncio.gather(*(one(a, requests[i][1], requests[i][2]) for a, i in zip(arrays, slow)))
 
-        return list(sync(_all()))
+        for i, r in zip(slow, sync(_all())):
+            out[i] = r
+        return out
+
+    def raw_layout(self, path: str) -> Optional[RawLayout]:
+        """Where the raw rows of a local, uncompressed, row-chunked array are (None: read through zarr)."""
+        if path in self._layouts:
+            return self._layouts[path]
+        layout = None
+        if "://" not in self.root_path and self._safe_array(path):
+            from zarr.codecs import BytesCodec
+
+            a = self._array(path)
+            md = a.metadata
+            chunks = tuple(md.chunk_grid.chunk_shape)
+            if (len(md.codecs) == 1 and isinstance(md.codecs[0], BytesCodec) and native_order(a.dtype)
+                    and chunks[1:] == tuple(a.shape[1:]) and a.size and not np.any(np.asarray(md.fill_value))):
+                base = f"{Path(self.root_path) / a.path}/"
+                zeros = (0,) * (a.ndim - 1)
+                files = [base + md.encode_chunk_key((k, *zeros)) for k in range(-(-a.shape[0] // chunks[0]))]
+                layout = RawLayout(np.dtype(a.dtype), tuple(a.shape), chunks[0], lambda k: (files[k], 0))
+        self._layouts[path] = layout
+        return layout
+
+    def _safe_array(self, path: str) -> bool:
+        try:
+            self._array(path)
+        except Exception:   # missing arrays: the zarr path raises its own error
+            return False
+        return True
 
     @staticmethod
     def _single_raw_chunk(a) -> bool:
@@ -178,14 +222,15 @@ class ZarrBackend:
         from zarr.core.sync import sync
 
         self._arrays = {k: v for k, v in self._arrays.items() if not k.startswith(path + "/")}
+        self._layouts = {k: v for k, v in self._layouts.items() if not k.startswith(path + "/")}
         sync(self.root.store.delete_dir(path))
 
     def remove_partial_files(self, path: str) -> int:
-        """Temporary files of a consolidated-index write a killed process left (segments: gc_uncommitted)."""
+        """Temporary files of metadata or index writes a killed process left (segments: gc_uncommitted)."""
         if "://" in self.root_path:
             return 0
         d = Path(self.root_path) / path
-        stale = list(d.glob("_index.*.partial")) if d.is_dir() else []   # zarr LocalStore's temp names
+        stale = [f for f in d.glob("*.partial") if f.is_file()] if d.is_dir() else []   # zarr LocalStore's temp names
         for f in stale:
             f.unlink(missing_ok=True)
         return len(stale)
@@ -204,6 +249,7 @@ class HDF5Backend:
         self.root.mkdir(parents=True, exist_ok=True)
         self.chunk_mb = chunk_mb
         self.compression = {"none": None, "zstd": "gzip", "lz4": "lzf"}[compressor]
+        self._layouts: dict[str, dict[str, Optional[RawLayout]]] = {}   # segment -> dataset -> layout
 
     def _doc_path(self, path: str) -> Path:
         return self.root / path / "_doc.json"
@@ -269,8 +315,47 @@ class HDF5Backend:
         out = []
         for path, lo, hi in requests:
             seg, name = path.rsplit("/", 1)
-            out.append(self.read_rows(seg, name, lo, hi))
+            layout = self.raw_layout(path)
+            out.append(read_rows(layout, lo, hi) if layout is not None else self.read_rows(seg, name, lo, hi))
         return out
+
+    def raw_layout(self, path: str) -> Optional[RawLayout]:
+        """Byte offsets of an unfiltered dataset's chunks in its (immutable) segment file, found once."""
+        seg, name = path.rsplit("/", 1)
+        if seg not in self._layouts:
+            if not (self.root / f"{seg}.h5").is_file():
+                return None
+            layouts = {}
+            fname = str(self.root / f"{seg}.h5")
+            try:
+                with self.h5py.File(fname, "r") as f:
+                    for n, ds in f.items():
+                        if isinstance(ds, self.h5py.Dataset):
+                            layouts[n] = self._dataset_layout(fname, ds)
+            except OSError:   # a damaged file: the h5py path raises its own error
+                return None
+            self._layouts[seg] = layouts
+        return self._layouts[seg].get(name)
+
+    @staticmethod
+    def _dataset_layout(fname: str, ds) -> Optional[RawLayout]:
+        dt = np.dtype(ds.dtype)
+        if not ds.size or ds.compression or ds.shuffle or ds.fletcher32 or ds.scaleoffset is not None \
+                or not native_order(dt) or dt.hasobject or ds.fillvalue not in (0, None):
+            return None
+        if ds.chunks is None:   # contiguous: one run of bytes
+            off = ds.id.get_offset()
+            return None if off is None else RawLayout(dt, ds.shape, ds.shape[0], lambda k: (fname, off))
+        if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]):
+            return None
+        rpc = ds.chunks[0]
+        offsets = {}
+        for i in range(ds.id.get_num_chunks()):
+            info = ds.id.get_chunk_info(i)
+            if info.filter_mask:
+                return None
+            offsets[info.chunk_offset[0] // rpc] = info.byte_offset
+        return RawLayout(dt, ds.shape, rpc, lambda k: (fname, offsets[k]) if k in offsets else None)
 
     def row_counts(self, path: str) -> dict[str, int]:
         with self.h5py.File(self.root / f"{path}.h5", "r") as f:
@@ -279,6 +364,7 @@ class HDF5Backend:
     def delete(self, path: str) -> None:
         import shutil
 
+        self._layouts = {k: v for k, v in self._layouts.items() if k != path and not k.startswith(path + "/")}
         p = self.root / path
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
