@@ -34,7 +34,7 @@ from heads.data import HeadData, carve_validation, load_head_data, pretrained_fl
 from heads.fusion import fuse, fusion_weights
 from heads.losses import build_loss
 from heads.metrics import multilabel_metrics, selection_score, singlelabel_metrics, summarize, tune_thresholds
-from heads.models import NEURAL_HEADS, FusionHead, build_head, input_stats, predict_logits, probabilities
+from heads.models import NEURAL_HEADS, FusionHead, build_head, predict_logits, probabilities
 from heads.schedule import EarlyStopper, Schedule, make_optimizer, make_scheduler, resolve_schedule
 from pipeline.extractors.base import weights_label
 from pipeline.provenance import git_state, package_versions, params_hash
@@ -101,7 +101,7 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     train_idx = data.splits["train"]
     model = build_head(kind, exp, {k: data.modalities[k].dim for k in keys}, data.n_classes)
     if tc.standardize:
-        model.set_input_stats({k: input_stats(*data.modalities[k].take(train_idx)) for k in keys})
+        model.set_input_stats({k: data.input_stats(k, train_idx, tc.eval_batch_size) for k in keys})
     model.to(device)
     loss_fn = build_loss(tc, data.vocab, data.multilabel, data.y[train_idx]).to(device)
     schedule = resolve_schedule(tc, len(train_idx))
@@ -110,7 +110,8 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     stopper = EarlyStopper(schedule.early_stop_patience if data.has("val") else 0)
     epochs = schedule.epochs
 
-    inputs = {k: tuple(t.to(device) for t in data.modalities[k].take(train_idx)) for k in keys}
+    streamed = data.streamed(keys)   # a split larger than memory: minibatches come from the store
+    inputs = {} if streamed else {k: tuple(t.to(device) for t in data.modalities[k].take(train_idx)) for k in keys}
     targets = data.targets(train_idx).to(device)
     has_val = data.has("val")
     if has_val:
@@ -128,8 +129,13 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
         for epoch in range(1, epochs + 1):
             model.train()
             total = torch.zeros((), device=device)
-            for b in minibatches(torch.randperm(n, generator=order).to(device), schedule.batch_size):
-                loss = loss_fn(model({k: (x[b], l[b]) for k, (x, l) in inputs.items()}), targets[b])
+            batches = minibatches(torch.randperm(n, generator=order).to(device), schedule.batch_size)
+            feed = (data.stream([train_idx[b.cpu()] for b in batches], keys) if streamed
+                    else ({k: (x[b], l[b]) for k, (x, l) in inputs.items()} for b in batches))
+            for b, batch in zip(batches, feed):
+                if streamed:
+                    batch = {k: (x.to(device), l.to(device)) for k, (x, l) in batch.items()}
+                loss = loss_fn(model(batch), targets[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -243,7 +249,9 @@ def run_experiment(cfg: Config, name: str, stores: Mapping[str, object], clip_ta
     missing = [k for k in exp.modalities if k not in stores]
     if missing:
         raise KeyError(f"experiment {name!r}: no store given for {missing}")
-    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames)
+    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames,
+                          stream_over_bytes=cfg.store.stream_over_mb * 2**20,
+                          prefetch_batches=cfg.store.prefetch_batches)
     flags = dict(pretrained) if pretrained is not None else pretrained_flags(stores, exp.modalities)
     features = {}
     for k in exp.modalities:

@@ -217,6 +217,23 @@ class Cache(Mapping):
     def select(self, keys: list[str]) -> "Cache":
         return Cache({k: self[k] for k in keys}, self.root)
 
+    def lengths(self, key: str, clip_ids: list[str], max_rows: Optional[int] = None) -> np.ndarray:
+        """Rows each clip would read (0: absent), from the index alone."""
+        index = self[key].index(key)
+        n = np.array([index[c].length if c in index else 0 for c in clip_ids], dtype=np.int64)
+        return n if max_rows is None else np.minimum(n, max_rows)
+
+    def row_bytes(self, key: str, name: str = "features") -> int:
+        """Bytes of one float32 row of `key` as read (0 when no clip has rows)."""
+        st = self[key]
+        index = st.index(key)
+        cid = next((c for c, e in index.items() if e.length), None)
+        if cid is None:
+            return 0
+        layout = st.raw_rows(key, st.current_fingerprint(key), cid, name)
+        shape = layout.shape[1:] if layout is not None else st.read(key, [cid], [name])[0].arrays[name].shape[1:]
+        return int(np.prod(shape, dtype=np.int64)) * np.dtype(np.float32).itemsize
+
     def meta(self, key: str) -> dict:
         """What the key's extractor recorded for its current fingerprint ({} when nothing is recorded)."""
         try:
@@ -226,13 +243,15 @@ class Cache(Mapping):
 
     def read(self, keys: list[str], clip_ids: list[str], padded: bool = True, max_rows: Optional[int] = None,
              name: Optional[str] = "features", fingerprints: Optional[Mapping[str, str]] = None,
-             dims: Optional[Mapping[str, int]] = None, missing_ok: bool = True) -> dict:
+             dims: Optional[Mapping[str, int]] = None, missing_ok: bool = True,
+             pad_to: Optional[Mapping[str, int]] = None, require_any: bool = True) -> dict:
         """Features of `clip_ids` for every key: {key: Padded} or, with padded=False, {key: [ClipRows | None]}.
 
         Rows are flattened to (L, D) and thinned to at most `max_rows` spread evenly (uniform_rows). A clip the
         store lacks gets length 0 / None with `missing_ok`, else KeyError. `fingerprints`: read these instead of
-        the current ones; `dims`: the D to use when no requested clip has a row. Ragged with name=None: every
-        array the extractor stores."""
+        the current ones; `dims`: the D to use when no requested clip has a row; `pad_to`: a T to pad to at least
+        (a minibatch padded like its whole split); `require_any`: no requested clip in the store is an error.
+        Ragged with name=None: every array the extractor stores."""
         clip_ids = list(clip_ids)
         out = {}
         for key in keys:
@@ -243,10 +262,11 @@ class Cache(Mapping):
             if len(present) < len(clip_ids) and not missing_ok:
                 lost = [c for c in clip_ids if c not in index]
                 raise KeyError(f"{key}: {len(lost)} clip(s) not in the store {st.root}, e.g. {lost[:3]}")
-            if not present:
+            if not present and require_any:
                 raise ValueError(f"store {st.root} has none of the {len(clip_ids)} requested clips under {key!r}")
             if padded:
-                out[key] = _padded(st, key, fp, clip_ids, present, name, max_rows, (dims or {}).get(key))
+                out[key] = _padded(st, key, fp, clip_ids, present, name, max_rows, (dims or {}).get(key),
+                                   (pad_to or {}).get(key, 1))
             else:
                 out[key] = _ragged(st, key, fp, clip_ids, present, name, max_rows)
         return out
@@ -257,7 +277,7 @@ def _keep(length: int, max_rows: Optional[int]):
 
 
 def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: list[int], name: str,
-            max_rows: Optional[int], dim: Optional[int]) -> Padded:
+            max_rows: Optional[int], dim: Optional[int], min_t: int = 1) -> Padded:
     index = st.index(key, fp)
     full = np.zeros(len(clip_ids), dtype=np.int64)
     for i in present:
@@ -267,12 +287,14 @@ def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: l
     thinned = [i for i in present if lengths[i] < full[i]]
     if layout is not None:   # D from the layout; whole clips straight from the files (pread into x)
         d = int(np.prod(layout.shape[1:], dtype=np.int64))
-        x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
+        x = np.zeros((len(clip_ids), max(min_t, int(lengths.max())), d), dtype=np.float32)
         direct = [i for i in present if lengths[i] == full[i]]
         rest = st.read_direct(key, fp, clip_ids, name, x, lengths, direct) + thinned
     else:
         x, rest = None, present
     if not rest:
+        if x is None:   # none of these clips is in the store (a minibatch can miss a modality entirely)
+            x = np.zeros((len(clip_ids), max(min_t, int(lengths.max(initial=0))), dim or 0), dtype=np.float32)
         return Padded(x, lengths)
     wanted = [clip_ids[i] for i in rest]
     blocks = list(st._blocks(key, wanted, [name], fp, False))   # each segment's row range read once
@@ -280,7 +302,7 @@ def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: l
         stored = [blk[name] for _, blk, _, _, _ in blocks if name in blk]
         with_rows = [r for r in stored if r.shape[0]] or stored
         d = int(np.prod(with_rows[0].shape[1:], dtype=np.int64)) if with_rows else (dim or 0)
-        x = np.zeros((len(clip_ids), max(1, int(lengths.max())), d), dtype=np.float32)
+        x = np.zeros((len(clip_ids), max(min_t, int(lengths.max())), d), dtype=np.float32)
     for positions, block, lo, _, _ in blocks:
         if name not in block:
             continue   # a segment of only empty clips stores no feature arrays
