@@ -220,7 +220,7 @@ class Cache(Mapping):
     def lengths(self, key: str, clip_ids: list[str], max_rows: Optional[int] = None) -> np.ndarray:
         """Rows each clip would read (0: absent), from the index alone."""
         index = self[key].index(key)
-        n = np.array([index[c].length if c in index else 0 for c in clip_ids], dtype=np.int64)
+        n = np.array([index.length(c) if c in index else 0 for c in clip_ids], dtype=np.int64)
         return n if max_rows is None else np.minimum(n, max_rows)
 
     def row_bytes(self, key: str, name: str = "features") -> int:
@@ -281,7 +281,7 @@ def _padded(st: FeatureStore, key: str, fp: str, clip_ids: list[str], present: l
     index = st.index(key, fp)
     full = np.zeros(len(clip_ids), dtype=np.int64)
     for i in present:
-        full[i] = index[clip_ids[i]].length
+        full[i] = index.length(clip_ids[i])
     lengths = full if max_rows is None else np.minimum(full, max_rows)
     layout = next((st.raw_rows(key, fp, clip_ids[i], name) for i in present if full[i]), None)
     thinned = [i for i in present if lengths[i] < full[i]]
