@@ -1,11 +1,11 @@
-"""Minibatches streamed from the cache with prefetch: the next batches are read on a thread while the caller
-trains on the current one. For splits larger than memory (heads/data.py picks it by size); reads release the
-GIL (preadv, zarr's I/O), so reading overlaps compute."""
+"""Prefetch: the next minibatches are read on a thread while the caller trains on the current one. Used for
+splits larger than memory (heads.data.HeadData.stream, chosen by size); reads release the GIL (preadv, zarr's
+I/O), so reading overlaps compute."""
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,15 +49,3 @@ def prefetched(items: Iterable[T], read: Callable[[T], R], depth: int) -> Iterat
                 q.get_nowait()
             except queue.Empty:
                 t.join(timeout=0.01)
-
-
-def stream_padded(cache, keys: list[str], clip_ids: list[str], batches: Iterable[list[int]],
-                  max_rows: Optional[int], pad_to: dict[str, int], dims: dict[str, int], depth: int,
-                  name: str = "features"):
-    """{key: Padded} per batch of positions into clip_ids, each padded to pad_to[key] rows (what slicing the
-    in-memory split gives), read ahead `depth` batches."""
-    def read(batch: list[int]):
-        ids = [clip_ids[i] for i in batch]
-        return cache.read(keys, ids, max_rows=max_rows, name=name, pad_to=pad_to, dims=dims, require_any=False)
-
-    return prefetched(batches, read, depth)
