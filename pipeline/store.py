@@ -37,7 +37,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import AbstractSet, Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -95,6 +95,9 @@ class ClipIndex(Mapping):
 
     def length(self, cid: str) -> int:
         return int(self._len[self._pos[cid]])
+
+    def ids(self) -> AbstractSet[str]:
+        return self._pos.keys()
 
 
 @dataclass
@@ -304,8 +307,9 @@ class FeatureStore:
                         "extracted again", self.root, key, fp, seg, why)
         seen[seg] = why
 
-    def has(self, key: str, fingerprint: str) -> set[str]:
-        return set(self.index(key, fingerprint, refresh=True))
+    def has(self, key: str, fingerprint: str) -> AbstractSet[str]:
+        # a set view of the index (no copy of 100k ids: planning only asks `clip in has(...)`)
+        return self.index(key, fingerprint, refresh=True).ids()
 
     def gc_uncommitted(self, key: str, fingerprint: str) -> int:
         """Delete segments no live writer can still commit, and broken ones.
