@@ -11,13 +11,18 @@ and a blob that cannot be trusted is rebuilt from them with a warning saying why
 - disagreeing with the segments on disk (it lists a segment that is gone).
 
 Layout: one JSON header line {format, version, sha256, bytes} then the JSON body
-{key, fingerprint, segments: {segment: {clip_ids, offsets, lengths, attrs, arrays}}}.
+{key, fingerprint, segments: {segment: {n, ids, lengths, [offsets], attrs, arrays}}}, each segment's index doc
+in columns (`_pack`), so 100k clips decode in milliseconds rather than as 400k JSON tokens.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import time
+
+import numpy as np
 
 INDEX_BLOB = "_index.json"      # under <key>/<fingerprint>/; the leading '_' keeps it out of segment listings
 INDEX_FORMAT = "emocache-index"
@@ -29,8 +34,37 @@ class IndexProblem(ValueError):
     """Why a consolidated index is not trusted (the message goes into the rebuild warning)."""
 
 
+def _pack(doc: dict) -> dict:
+    """One segment's index doc in columns that decode without a JSON token per clip: ids joined by newlines,
+    lengths (and offsets, unless they are the running sum of the lengths, as write_segment makes them) as
+    base64 int64, and only the attrs that are not empty."""
+    ids, lengths, offsets = doc["clip_ids"], np.asarray(doc["lengths"], "<i8"), np.asarray(doc["offsets"], "<i8")
+    packed = {"arrays": doc.get("arrays", []), "n": len(ids),
+              "ids": ids if any("\n" in c for c in ids) else "\n".join(ids),
+              "lengths": base64.b64encode(lengths.tobytes()).decode(),
+              "attrs": {str(i): a for i, a in enumerate(doc["attrs"]) if a}}
+    running = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(ids) else lengths
+    if not np.array_equal(running, offsets):
+        packed["offsets"] = base64.b64encode(offsets.tobytes()).decode()
+    return packed
+
+
+def _unpack(p: dict) -> dict:
+    n = p["n"]
+    ids = p["ids"] if isinstance(p["ids"], list) else (p["ids"].split("\n") if n else [])
+    lengths = np.frombuffer(base64.b64decode(p["lengths"]), "<i8")
+    offsets = np.frombuffer(base64.b64decode(p["offsets"]), "<i8") if "offsets" in p else \
+        np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<i8") if n else lengths
+    attrs = [{} for _ in range(n)]
+    for i, a in p["attrs"].items():
+        attrs[int(i)] = a
+    return {"clip_ids": ids, "offsets": offsets.tolist(), "lengths": lengths.tolist(), "attrs": attrs,
+            "arrays": list(p["arrays"])}
+
+
 def encode_index(key: str, fingerprint: str, segments: dict[str, dict]) -> bytes:
-    body = json.dumps({"key": key, "fingerprint": fingerprint, "segments": segments},
+    body = json.dumps({"key": key, "fingerprint": fingerprint,
+                       "segments": {seg: _pack(d) for seg, d in segments.items()}},
                       separators=(",", ":"), default=str).encode()
     header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "sha256": hashlib.sha256(body).hexdigest(),
               "bytes": len(body), "written_at": time.time()}
@@ -58,12 +92,16 @@ def decode_index(data: bytes, key: str, fingerprint: str) -> dict[str, dict]:
         raise IndexProblem(f"corrupted (body unreadable: {e})") from None
     if doc.get("key") != key or doc.get("fingerprint") != fingerprint:
         raise IndexProblem(f"belongs to {doc.get('key')!r}/{doc.get('fingerprint')!r}")
-    segments = doc.get("segments")
-    if not isinstance(segments, dict):
+    packed = doc.get("segments")
+    if not isinstance(packed, dict):
         raise IndexProblem("corrupted (no segment table)")
-    for seg, d in segments.items():
-        lists = [d.get(n) for n in _DOC_LISTS] if isinstance(d, dict) else [None]
-        if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) != 1 \
-                or not isinstance(d.get("arrays", []), list):
+    segments = {}
+    for seg, p in packed.items():
+        try:
+            d = _unpack(p)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, binascii.Error) as e:
+            raise IndexProblem(f"corrupted (malformed entry for segment {seg}: {type(e).__name__})") from None
+        if len({len(d[n]) for n in _DOC_LISTS}) != 1 or len(d["clip_ids"]) != p["n"]:
             raise IndexProblem(f"corrupted (malformed entry for segment {seg})")
+        segments[seg] = d
     return segments

@@ -129,12 +129,12 @@ def test_index_disagreeing_with_segments_on_disk_is_rebuilt(tmp_path, fmt, caplo
 
 
 def test_index_listing_a_segment_with_other_clips_is_caught_by_its_checksum(tmp_path, caplog):
-    """Hand-edited or bit-rotten entries (a clip's offset changed) fail the checksum, not silently read."""
+    """Hand-edited or bit-rotten entries (a segment's lengths changed) fail the checksum, not silently read."""
     def edit(p: Path):
         head, _, body = p.read_bytes().partition(b"\n")
         doc = json.loads(body)
         seg = sorted(doc["segments"])[0]
-        doc["segments"][seg]["offsets"][1] += 1
+        doc["segments"][seg]["lengths"] = doc["segments"][seg]["lengths"][::-1]
         p.write_bytes(head + b"\n" + json.dumps(doc, separators=(",", ":")).encode())
 
     want, got = _rebuilt_with(tmp_path, "zarr", caplog, edit, "corrupted")
@@ -183,3 +183,14 @@ def test_kill_9_during_segment_and_index_writes(tmp_path, fmt):
         left = [f.name for f in (root / "k" / "fp").iterdir() if "partial" in f.name or ".tmp" in f.name]
         assert left == [] and st.segments("k", "fp")[1] == []
     assert set(FeatureStore(root, fmt).index("k")) == truth
+
+
+def test_packed_columns_round_trip_every_doc_shape():
+    from pipeline.store_index import decode_index, encode_index
+
+    docs = {"s1": {"clip_ids": ["a", "b", "c"], "offsets": [0, 3, 3], "lengths": [3, 0, 2],
+                   "attrs": [{}, {"empty": "no audio"}, {}], "arrays": ["features"]},
+            "s2": {"clip_ids": ["odd\nid", "e"], "offsets": [5, 0], "lengths": [1, 5],   # not a running sum
+                   "attrs": [{"x": 1}, {}], "arrays": []},
+            "s3": {"clip_ids": [], "offsets": [], "lengths": [], "attrs": [], "arrays": []}}
+    assert decode_index(encode_index("k", "fp", docs), "k", "fp") == docs
