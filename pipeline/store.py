@@ -65,24 +65,21 @@ class ClipIndex(Mapping):
     store opens in well under a second), an Entry made only when a clip is looked up."""
 
     def __init__(self, committed: dict[str, dict]):
+        from itertools import chain
+
         self._segs = sorted(committed)
-        ids: list[str] = []
-        self._seg: list[int] = []
-        self._off: list[int] = []
-        self._len: list[int] = []
-        self._attrs: list[dict] = []
-        for j, seg in enumerate(self._segs):
-            doc = committed[seg]
-            ids += doc["clip_ids"]
-            self._seg += [j] * len(doc["clip_ids"])
-            self._off += doc["offsets"]
-            self._len += doc["lengths"]
-            self._attrs += doc["attrs"]
+        docs = [committed[seg] for seg in self._segs]
+        ids = list(chain.from_iterable(d["clip_ids"] for d in docs))
+        counts = [len(d["clip_ids"]) for d in docs]
+        self._seg = np.repeat(np.arange(len(docs)), counts)
+        self._off = np.concatenate([np.asarray(d["offsets"], np.int64) for d in docs] or [np.zeros(0, np.int64)])
+        self._len = np.concatenate([np.asarray(d["lengths"], np.int64) for d in docs] or [np.zeros(0, np.int64)])
+        self._attrs = list(chain.from_iterable(d["attrs"] for d in docs))
         self._pos = dict(zip(ids, range(len(ids))))   # later segments win for a clip committed twice
 
     def __getitem__(self, cid: str) -> Entry:
         i = self._pos[cid]
-        return Entry(self._segs[self._seg[i]], int(self._off[i]), int(self._len[i]), self._attrs[i])
+        return Entry(self._segs[self._seg[i]], int(self._off[i]), int(self._len[i]), dict(self._attrs[i]))
 
     def __contains__(self, cid) -> bool:
         return cid in self._pos

@@ -55,11 +55,11 @@ def _unpack(p: dict) -> dict:
     lengths = np.frombuffer(base64.b64decode(p["lengths"]), "<i8")
     offsets = np.frombuffer(base64.b64decode(p["offsets"]), "<i8") if "offsets" in p else \
         np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<i8") if n else lengths
-    attrs = [{} for _ in range(n)]
+    attrs = [{}] * n   # one shared empty dict (ClipIndex hands out copies); the few non-empty ones set below
     for i, a in p["attrs"].items():
         attrs[int(i)] = a
-    return {"clip_ids": ids, "offsets": offsets.tolist(), "lengths": lengths.tolist(), "attrs": attrs,
-            "arrays": list(p["arrays"])}
+    # offsets and lengths stay int64 arrays: ClipIndex concatenates them without a Python int per clip
+    return {"clip_ids": ids, "offsets": offsets, "lengths": lengths, "attrs": attrs, "arrays": list(p["arrays"])}
 
 
 def encode_index(key: str, fingerprint: str, segments: dict[str, dict]) -> bytes:
