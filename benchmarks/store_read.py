@@ -1,9 +1,11 @@
-"""Store read benchmark: load a training set of cached features from the feature store vs from a raw
-NumPy memmap holding the same ragged rows (the fastest thing a hand-rolled cache could do).
+"""Store read benchmark: load a training set of cached features from the feature store vs from
+- a raw NumPy memmap holding the same ragged rows (the fastest thing a hand-rolled cache could do),
+- one `.npy` file per clip (what video_features writes and MERBench-style pipelines read),
+- one HDF5 file with a dataset per clip (the other common hand-rolled cache).
 
-Both sides produce the same padded (N, T, D) float32 array + lengths for the same clip ids in the same
-(shuffled) order, from a warm page cache. Prints MB/s for each and the ratio store / memmap
-(goal: >= 0.5). Also reports random 16-clip minibatch reads, the pattern of a streaming loader.
+Every side produces the same padded (N, T, D) float32 array + lengths for the same clip ids in the same
+(shuffled) order, from a warm page cache, in the same run. Prints MB/s for each and the ratio store / memmap
+(goals: full split >= 0.8, random 16-clip minibatches >= 0.5, the pattern of a streaming loader).
 
     python benchmarks/store_read.py [--clips 1000] [--dim 768] [--format zarr|hdf5]
 """
@@ -15,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +51,36 @@ def build(tmp: Path, n_clips: int, dim: int, t_min: int, t_max: int, fmt: str, f
     return store, ids, lengths, offsets, total
 
 
+def build_baselines(tmp: Path, ids: list[str], lengths, offsets) -> None:
+    """The same rows as one .npy per clip and as one HDF5 file with a dataset per clip."""
+    import h5py
+
+    mm = np.load(tmp / "rows.npy", mmap_mode="r")
+    (tmp / "npy").mkdir()
+    with h5py.File(tmp / "clips.h5", "w") as f:
+        for cid, o, t in zip(ids, offsets, lengths):
+            x = np.asarray(mm[o: o + t])
+            np.save(tmp / "npy" / f"{cid}.npy", x)
+            f.create_dataset(cid, data=x)
+
+
+def read_npy(tmp: Path, ids: list[str], dim: int):
+    arrays = [np.load(tmp / "npy" / f"{c}.npy") for c in ids]
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    x = np.zeros((len(ids), int(lengths.max()), dim), np.float32)
+    for j, a in enumerate(arrays):
+        x[j, : a.shape[0]] = a
+    return x, lengths
+
+
+def read_h5(f, ids: list[str], dim: int):
+    lengths = np.array([f[c].shape[0] for c in ids], dtype=np.int64)
+    x = np.zeros((len(ids), int(lengths.max()), dim), np.float32)
+    for j, c in enumerate(ids):
+        f[c].read_direct(x[j, : lengths[j]])
+    return x, lengths
+
+
 def read_memmap(path: Path, order: list[int], lengths, offsets, dim: int):
     mm = np.load(path, mmap_mode="r")
     t = int(lengths[order].max())
@@ -76,6 +109,7 @@ def main() -> None:
     ap.add_argument("--compressor", default="none", choices=["none", "zstd", "lz4"])
     ap.add_argument("--flush", type=int, default=16, help="clips per segment (store.flush_clips)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=50, help="random 16-clip minibatches timed")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as d:
@@ -87,24 +121,33 @@ def main() -> None:
         print(f"built {args.clips} clips, {total} rows x {args.dim} ({mb:.0f} MB) in {time.perf_counter() - t0:.1f} s "
               f"[{args.format}, compressor {args.compressor}, {args.flush} clips/segment]")
         order = list(np.random.default_rng(1).permutation(args.clips))
-        order_ids = [ids[i] for i in order]
 
+        build_baselines(tmp, ids, lengths, offsets)
         reader = FeatureStore(tmp / f"bench.{args.format}", args.format)
         reader.index("swin")  # opening the index is part of a real run too, but once per run: keep it out
-        t_store, (xs, ls) = timed(lambda: reader.read_padded("swin", order_ids), args.repeats)
-        t_mm, (xm, lm) = timed(lambda: read_memmap(tmp / "rows.npy", order, lengths, offsets, args.dim), args.repeats)
-        assert np.array_equal(ls, lm) and np.array_equal(xs, xm), "store and memmap disagree"
-        print(f"full training set : store {mb / t_store:8.0f} MB/s   memmap {mb / t_mm:8.0f} MB/s   "
-              f"ratio store/memmap = {t_mm / t_store:.2f}  (goal >= 0.5)")
+        h5 = h5py.File(tmp / "clips.h5", "r")
+        readers = {
+            "store": lambda b: reader.read_padded("swin", [ids[i] for i in b]),
+            "memmap": lambda b: read_memmap(tmp / "rows.npy", b, lengths, offsets, args.dim),
+            "npy/clip": lambda b: read_npy(tmp, [ids[i] for i in b], args.dim),
+            "hdf5 file": lambda b: read_h5(h5, [ids[i] for i in b], args.dim),
+        }
+        ref = readers["memmap"](order)
+        for name, fn in readers.items():
+            x, ls = fn(order)
+            assert np.array_equal(ls, ref[1]) and np.array_equal(x, ref[0]), f"{name} and memmap disagree"
 
         rng = np.random.default_rng(2)
-        batches = [list(rng.choice(args.clips, 16, replace=False)) for _ in range(50)]
+        batches = [list(rng.choice(args.clips, 16, replace=False)) for _ in range(args.batches)]
         bmb = sum(int(lengths[b].sum()) for b in batches) * args.dim * 4 / 2**20
-        t_sb, _ = timed(lambda: [reader.read_padded("swin", [ids[i] for i in b]) for b in batches], args.repeats)
-        t_mb, _ = timed(lambda: [read_memmap(tmp / "rows.npy", b, lengths, offsets, args.dim) for b in batches],
-                        args.repeats)
-        print(f"random minibatches: store {bmb / t_sb:8.0f} MB/s   memmap {bmb / t_mb:8.0f} MB/s   "
-              f"ratio store/memmap = {t_mb / t_sb:.2f}  (50 batches of 16 clips)")
+        for label, work, size, goal in (("full training set ", [order], mb, 0.8),
+                                        ("random minibatches", batches, bmb, 0.5)):
+            t = {name: timed(lambda: [fn(b) for b in work], args.repeats)[0] for name, fn in readers.items()}
+            print(f"{label}: " + "   ".join(f"{n} {size / t[n]:6.0f} MB/s" for n in readers)
+                  + f"   ratio store/memmap = {t['memmap'] / t['store']:.2f} (goal >= {goal})"
+                  + f"  store/npy = {t['npy/clip'] / t['store']:.2f}  store/hdf5 = {t['hdf5 file'] / t['store']:.2f}")
+        h5.close()
+        print(f"({args.batches} minibatches of 16 clips; best of {args.repeats})")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ class EvaluateError(UsageError, RuntimeError):
 def evaluate_experiment(cfg: Config, name: str, models_dir: str | Path = "models",
                         split: Optional[str] = None) -> dict:
     from heads.checkpoint import load_checkpoint
-    from heads.cli_glue import family_of
     from heads.data import load_head_data, open_stores, pretrained_flags
     from heads.scoring import score_split
     from pipeline.datasets import read_clip_table
@@ -41,7 +40,7 @@ def evaluate_experiment(cfg: Config, name: str, models_dir: str | Path = "models
         raise EvaluateError(f"dataset {exp.dataset!r} now has labels {summary['labels']} but the checkpoint "
                             f"predicts {head.vocab}: retrain")
     keys = list(head.doc["modalities"])
-    stores = open_stores(cfg, keys, family_of(cfg))
+    stores = open_stores(cfg, keys)
     data = load_head_data(table, head.vocab, head.doc["multilabel"], stores, exp.max_frames)
     if split is None:
         split = next((s for s in EVAL_ORDER if data.has(s)), None)

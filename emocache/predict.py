@@ -138,28 +138,17 @@ def _read_inputs(cfg: Config, keys: list[str], fp: dict[str, str], ids: dict[str
     """Inputs for the head: key -> (x (N, T, D), lengths (N,)), read from the stores like training reads them."""
     import torch
 
-    from heads.data import uniform_rows
-    from pipeline.store import FeatureStore
+    from pipeline.catalog import open_catalog
 
+    cache = open_catalog(cfg.store, Path(cfg.base_dir))
     out = {}
-    fams = _families(cfg, keys)
     for k in keys:
-        st = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fams[k])
-        rows = st.read(k, ids[k], ["features"], fingerprint=fp[k])
+        p = cache.read([k], ids[k], max_rows=max_frames, fingerprints=fp, dims=input_dims, missing_ok=False)[k]
         dim = input_dims[k]
-        arrays = []
-        for r in rows:
-            a = r.arrays["features"]
-            a = a.reshape(a.shape[0], -1) if a.size else np.zeros((0, dim), np.float32)
-            if a.shape[1] != dim:
-                raise PredictError(f"{k} features are {a.shape[1]}-d but the head was trained on {dim}-d ones: "
-                                   f"were the extractor's params changed since training?")
-            arrays.append(a[uniform_rows(a.shape[0], max_frames)])
-        t = max(1, max(a.shape[0] for a in arrays))
-        x = np.zeros((len(arrays), t, dim), np.float32)
-        for i, a in enumerate(arrays):
-            x[i, : a.shape[0]] = a
-        out[k] = (torch.from_numpy(x), torch.tensor([a.shape[0] for a in arrays], dtype=torch.int64))
+        if p.x.shape[-1] != dim:
+            raise PredictError(f"{k} features are {p.x.shape[-1]}-d but the head was trained on {dim}-d ones: "
+                               f"were the extractor's params changed since training?")
+        out[k] = (torch.from_numpy(p.x), torch.from_numpy(p.lengths))
     return out
 
 

@@ -15,17 +15,13 @@ def _human(n: int) -> str:
 
 
 def collect_status(cfg: Config) -> list[str]:
+    from pipeline.catalog import open_catalog
     from pipeline.datasets import read_clip_table
-    from pipeline.extractors.base import build_extractor, weights_label
+    from pipeline.extractors.base import weights_label
     from pipeline.provenance import version_changes
-    from pipeline.store import FeatureStore, store_path
 
     lines = []
-    stores: dict[str, FeatureStore] = {}
-    for fam in ("audio", "audio_states", "text", "text_states", "video"):   # *_states: finetune_top inputs
-        p = store_path(cfg.store, Path(cfg.base_dir), fam)
-        if "://" in p or Path(p).exists():
-            stores[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)
+    cache = open_catalog(cfg.store, Path(cfg.base_dir))   # the catalog says which store holds each key
     for name, dcfg in cfg.datasets.items():
         try:
             df, _ = read_clip_table(cfg, name)
@@ -35,8 +31,7 @@ def collect_status(cfg: Config) -> list[str]:
         ids = set(df["clip_id"])
         lines.append(f"{name}: {len(ids)} clips")
         for spec in dcfg.extractors:
-            fam = build_extractor(cfg, spec).family
-            st = stores.get(fam)
+            st = cache.get(spec)
             if st is None or spec not in st.keys():
                 lines.append(f"  {spec:<18} cached 0/{len(ids)}")
                 continue
@@ -62,7 +57,7 @@ def collect_status(cfg: Config) -> list[str]:
             if changed:   # same fingerprint, other packages: rerunning may not give the same features
                 lines.append(f"  {'':<18} warning: made with " + ", ".join(
                     f"{p} {a} (running {b})" for p, (a, b) in changed.items()))
-    for fam, st in stores.items():
+    for fam, st in cache.family_stores.items():
         size = st.size_bytes()
         lines.append(f"store {fam}: {st.root} ({_human(size) if size >= 0 else 'remote'})")
     return lines

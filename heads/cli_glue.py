@@ -15,12 +15,6 @@ from typing import Optional
 from heads.config import HeadsConfig
 
 
-def family_of(cfg: HeadsConfig):
-    from pipeline.extractors.base import build_extractor
-
-    return lambda key: build_extractor(cfg, key).family
-
-
 def train_experiment(cfg: HeadsConfig, name: str, models_dir: Path, metrics_dir: Path,
                      trials: Optional[int] = None, out_name: Optional[str] = None) -> dict:
     """trials None: `emocache train`; else `emocache tune` with that many trials, written as `out_name`."""
@@ -31,7 +25,7 @@ def train_experiment(cfg: HeadsConfig, name: str, models_dir: Path, metrics_dir:
 
     exp = cfg.experiments[name]
     table, summary = read_clip_table(cfg, exp.dataset)
-    stores = open_stores(cfg, list(exp.modalities), family_of(cfg))
+    stores = open_stores(cfg, list(exp.modalities))
     check_inputs(cfg, name, stores)   # the stores are not DVC outputs: still what dvc.lock recorded?
     if trials is None:
         out = cfg.path(models_dir) / name

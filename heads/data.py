@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import pandas as pd
 
+from pipeline.catalog import Cache, uniform_rows  # noqa: F401 (uniform_rows: re-exported for heads' callers)
 from pipeline.datasets.base import TABLE_LABEL_SEP
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ SPLITS = ("train", "val", "test")
 class Modality:
     x: "torch.Tensor"          # (N, T, D) float32, zero-padded
     lengths: "torch.Tensor"    # (N,) int64 valid rows; 0 = missing for this clip
+    streamed = False
 
     @property
     def dim(self) -> int:
@@ -33,11 +35,61 @@ class Modality:
     def take(self, idx) -> tuple["torch.Tensor", "torch.Tensor"]:
         return self.x[idx], self.lengths[idx]
 
+    def subset(self, keep) -> "Modality":
+        return Modality(self.x[keep], self.lengths[keep])
+
+    def to(self, device) -> "Modality":
+        return Modality(self.x.to(device), self.lengths.to(device))
+
+
+@dataclass
+class StoreModality:
+    """A modality left in the store (a split larger than memory): lengths in memory, rows read when taken.
+
+    take(idx) gives exactly what Modality.take gives for the same clips: rows padded to the whole split's T."""
+    cache: Cache
+    key: str
+    clip_ids: list[str]
+    max_rows: int
+    lengths: "torch.Tensor"
+    width: int
+    t: int                     # the T the in-memory tensor would have
+    name: str = "features"
+    streamed = True
+
+    @property
+    def dim(self) -> int:
+        return self.width
+
+    def read(self, idx) -> dict:
+        import torch
+
+        p = self.cache.read([self.key], [self.clip_ids[int(i)] for i in idx], max_rows=self.max_rows,
+                            name=self.name, pad_to={self.key: self.t}, dims={self.key: self.width},
+                            require_any=False)[self.key]
+        return {"x": torch.from_numpy(p.x), "lengths": torch.from_numpy(p.lengths)}
+
+    def take(self, idx) -> tuple["torch.Tensor", "torch.Tensor"]:
+        r = self.read(idx)
+        return r["x"], r["lengths"]
+
+    @property
+    def x(self) -> "torch.Tensor":   # everything, in memory: only for code that needs the whole split
+        return self.take(range(len(self.clip_ids)))[0]
+
+    def subset(self, keep) -> "StoreModality":
+        keep = [int(i) for i in keep]
+        return StoreModality(self.cache, self.key, [self.clip_ids[i] for i in keep], self.max_rows,
+                             self.lengths[keep], self.width, self.t, self.name)
+
+    def to(self, device) -> "StoreModality":
+        return self   # rows move to the device per minibatch
+
 
 @dataclass
 class HeadData:
     clip_ids: list[str]
-    modalities: dict[str, Modality]
+    modalities: dict[str, Union[Modality, StoreModality]]
     y: "torch.Tensor"                 # (N, C) float32 multi-hot (one-hot for single-label)
     splits: dict[str, "torch.Tensor"]  # split name -> row indices (int64)
     vocab: list[str]
@@ -56,11 +108,41 @@ class HeadData:
     def inputs(self, idx, keys: Optional[list[str]] = None) -> dict[str, tuple]:
         return {k: self.modalities[k].take(idx) for k in (keys or list(self.modalities))}
 
+    def streamed(self, keys: Optional[list[str]] = None) -> bool:
+        return any(self.modalities[k].streamed for k in (keys or list(self.modalities)))
+
+    def stream(self, batches: list, keys: list[str]) -> Iterator[dict[str, tuple]]:
+        """inputs(b, keys) for every batch b of row indices, the store reads done store.prefetch_batches batches
+        ahead on a thread (pipeline/stream.py)."""
+        from pipeline.stream import prefetched
+
+        return prefetched(batches, lambda b: self.inputs(b, keys), self.meta.get("prefetch_batches", 0))
+
+    def input_stats(self, key: str, idx, chunk: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Mean/std over the valid rows of `key` for clips idx (heads.models.input_stats), read `chunk` clips at
+        a time when the modality is streamed (float64 sums: the whole split is never in memory)."""
+        import torch
+
+        from heads.models import input_stats, valid_mask
+
+        m = self.modalities[key]
+        if not m.streamed:
+            return input_stats(*m.take(idx))
+        n, s1, s2 = 0, torch.zeros(m.dim, dtype=torch.float64), torch.zeros(m.dim, dtype=torch.float64)
+        for c in range(0, len(idx), chunk):
+            x, lengths = m.take(idx[c: c + chunk])
+            rows = x[valid_mask(lengths, x.shape[1])].double()
+            n, s1, s2 = n + rows.shape[0], s1 + rows.sum(0), s2 + (rows * rows).sum(0)
+        if n < 2:
+            return torch.zeros(m.dim), torch.ones(m.dim)
+        mean = s1 / n
+        return mean.float(), ((s2 - n * mean * mean).clamp_min(0) / (n - 1)).sqrt().float()
+
     def has(self, split: str) -> bool:
         return split in self.splits and len(self.splits[split]) > 0
 
     def to(self, device) -> "HeadData":
-        mods = {k: Modality(m.x.to(device), m.lengths.to(device)) for k, m in self.modalities.items()}
+        mods = {k: m.to(device) for k, m in self.modalities.items()}
         return HeadData(self.clip_ids, mods, self.y.to(device), {s: i.to(device) for s, i in self.splits.items()},
                         self.vocab, self.multilabel, self.meta)
 
@@ -88,40 +170,13 @@ def encode_labels(labels: pd.Series, vocab: list[str], multilabel: bool) -> np.n
 
 
 # ---------------------------------------------------------------- features
-def uniform_rows(length: int, max_rows: int) -> np.ndarray:
-    """Row indices that keep at most max_rows rows spread evenly over the clip (Peng et al. samples T=100)."""
-    if length <= max_rows:
-        return np.arange(length)
-    return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)
-
-
-def read_modality(store, key: str, clip_ids: list[str], max_rows: int, name: str = "features") -> Modality:
-    """(N, T, D) for every clip id; clips the store lacks get length 0."""
-    import torch
-
-    index = store.index(key)
-    present = [i for i, c in enumerate(clip_ids) if c in index]
-    if not present:
-        raise ValueError(f"store {store.root} has no clips of this table under {key!r}")
-    rows = store.read(key, [clip_ids[i] for i in present], [name])
-    arrays = [r.arrays[name].reshape(r.arrays[name].shape[0], -1) for r in rows]
-    dim = next((a.shape[1] for a in arrays if a.shape[0]), arrays[0].shape[1])
-    lengths = np.zeros(len(clip_ids), dtype=np.int64)
-    picked = []
-    for i, a in zip(present, arrays):
-        keep = uniform_rows(a.shape[0], max_rows)
-        lengths[i] = len(keep)
-        picked.append(a[keep])
-    t = max(1, int(lengths.max()))
-    x = np.zeros((len(clip_ids), t, dim), dtype=np.float32)
-    for i, a in zip(present, picked):
-        x[i, : a.shape[0]] = a
-    return Modality(torch.from_numpy(x), torch.from_numpy(lengths))
-
-
 def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool, stores: Mapping[str, object],
-                   max_frames: int, name: str = "features") -> HeadData:
-    """Build tensors for every modality in `stores` ({store key: FeatureStore})."""
+                   max_frames: int, name: str = "features", stream_over_bytes: Optional[float] = None,
+                   prefetch_batches: int = 0) -> HeadData:
+    """Build tensors for every modality in `stores` (a Cache from pipeline.catalog.open_catalog, or any
+    {store key: FeatureStore}); clips a store lacks get length 0. When the padded tensors would take more than
+    `stream_over_bytes`, every modality stays in the store (StoreModality) and is read per minibatch, with
+    `prefetch_batches` read ahead (HeadData.stream)."""
     import torch
 
     for col in ("clip_id", "split", "labels"):
@@ -137,31 +192,35 @@ def load_head_data(clip_table: pd.DataFrame, vocab: list[str], multilabel: bool,
     clip_table = clip_table[labelled]
     clip_ids = clip_table["clip_id"].astype(str).tolist()
     y = encode_labels(clip_table["labels"], vocab, multilabel)
-    mods = {key: read_modality(store, key, clip_ids, max_frames, name) for key, store in stores.items()}
+    cache = stores if isinstance(stores, Cache) else Cache(stores)
+    keys = list(stores)
+    lengths = {k: cache.lengths(k, clip_ids, max_frames) for k in keys}
+    missing = [k for k in keys if not any(c in cache[k].index(k) for c in clip_ids)]   # the reader says so
+    t = {k: max(1, int(n.max(initial=0))) for k, n in lengths.items()}
+    width = {k: cache.row_bytes(k, name) // np.dtype(np.float32).itemsize for k in keys} \
+        if stream_over_bytes is not None else {}
+    padded_bytes = sum(len(clip_ids) * t[k] * width[k] * np.dtype(np.float32).itemsize for k in width)
+    if stream_over_bytes is not None and padded_bytes > stream_over_bytes and not missing:
+        mods = {k: StoreModality(cache, k, clip_ids, max_frames, torch.from_numpy(lengths[k]), width[k], t[k], name)
+                for k in keys}
+    else:
+        read = cache.read(keys, clip_ids, padded=True, max_rows=max_frames, name=name)
+        mods = {key: Modality(torch.from_numpy(p.x), torch.from_numpy(p.lengths)) for key, p in read.items()}
     split_col = clip_table["split"].to_numpy()
     splits = {s: torch.from_numpy(np.flatnonzero(split_col == s).astype(np.int64)) for s in SPLITS}
     coverage = {k: float((m.lengths > 0).float().mean()) for k, m in mods.items()}
-    return HeadData(clip_ids, mods, torch.from_numpy(y), splits, list(vocab), multilabel,
-                    {"coverage": coverage, "unlabelled_skipped": n_unlabelled})
+    meta = {"coverage": coverage, "unlabelled_skipped": n_unlabelled}
+    if any(m.streamed for m in mods.values()):
+        meta.update(streamed_bytes=int(padded_bytes), prefetch_batches=prefetch_batches)
+    return HeadData(clip_ids, mods, torch.from_numpy(y), splits, list(vocab), multilabel, meta)
 
 
 # ---------------------------------------------------------------- stores
-FamilyOf = Union[Mapping[str, str], Callable[[str], str]]
+def open_stores(cfg, keys: list[str]) -> Cache:
+    """The cache (pipeline/catalog.py) restricted to `keys`: the catalog says which store holds each key."""
+    from pipeline.catalog import open_catalog
 
-
-def open_stores(cfg, keys: list[str], family_of: FamilyOf) -> dict:
-    """{key: FeatureStore} for the family that holds each key (family lookup is the caller's)."""
-    from pipeline.store import FeatureStore
-
-    lookup = family_of if callable(family_of) else family_of.__getitem__
-    by_family: dict[str, FeatureStore] = {}
-    out = {}
-    for key in keys:
-        fam = lookup(key)
-        if fam not in by_family:
-            by_family[fam] = FeatureStore.for_family(cfg.store, Path(cfg.base_dir), fam)
-        out[key] = by_family[fam]
-    return out
+    return open_catalog(cfg.store, Path(cfg.base_dir)).select(list(keys))
 
 
 def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str, Optional[bool]]:
@@ -170,7 +229,7 @@ def pretrained_flags(stores: Mapping[str, object], keys: list[str]) -> dict[str,
     for key in keys:
         try:
             meta = stores[key].meta(key)
-        except KeyError:
+        except LookupError:
             meta = {}
         out[key] = bool(meta["pretrained"]) if "pretrained" in meta else None
     return out
@@ -216,7 +275,7 @@ def without_split(data: HeadData, split: str) -> HeadData:
     keep = torch.cat([i for s, i in sorted(data.splits.items()) if s != split]).sort().values
     remap = torch.full((len(data.clip_ids),), -1, dtype=torch.int64)
     remap[keep] = torch.arange(len(keep))
-    mods = {k: Modality(m.x[keep], m.lengths[keep]) for k, m in data.modalities.items()}
+    mods = {k: m.subset(keep) for k, m in data.modalities.items()}
     splits = {s: (remap[i] if s != split else torch.zeros(0, dtype=torch.int64)) for s, i in data.splits.items()}
     return HeadData([data.clip_ids[int(i)] for i in keep], mods, data.y[keep], splits, data.vocab, data.multilabel,
                     dict(data.meta))

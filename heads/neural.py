@@ -80,8 +80,9 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     model = build() if build is not None else build_head(kind, exp, {k: data.modalities[k].dim for k in keys},
                                                          data.n_classes)
     if tc.standardize:
-        stats = getattr(model, "input_stats", input_stats)
-        model.set_input_stats({k: stats(*data.modalities[k].take(train_idx)) for k in keys})
+        own = getattr(model, "input_stats", None)   # finetune_top: statistics of its rebuilt layers' output
+        model.set_input_stats({k: own(*data.modalities[k].take(train_idx)) if own is not None
+                               else data.input_stats(k, train_idx, tc.eval_batch_size) for k in keys})
     model.to(device)
     loss_fn = build_loss(tc, data.vocab, data.multilabel, data.y[train_idx]).to(device)
     schedule = resolve_schedule(tc, len(train_idx))
@@ -91,7 +92,8 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     stopper = EarlyStopper(schedule.early_stop_patience if data.has("val") else 0)
     epochs = schedule.epochs
 
-    inputs = {k: tuple(t.to(device) for t in data.modalities[k].take(train_idx)) for k in keys}
+    streamed = data.streamed(keys)   # a split larger than memory: minibatches come from the store
+    inputs = {} if streamed else {k: tuple(t.to(device) for t in data.modalities[k].take(train_idx)) for k in keys}
     targets = data.targets(train_idx).to(device)
     has_val = data.has("val")
     if has_val:
@@ -109,8 +111,13 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
         for epoch in range(1, epochs + 1):
             model.train()
             total = torch.zeros((), device=device)
-            for b in minibatches(torch.randperm(n, generator=order).to(device), schedule.batch_size):
-                loss = loss_fn(model({k: (x[b], l[b]) for k, (x, l) in inputs.items()}), targets[b])
+            batches = minibatches(torch.randperm(n, generator=order).to(device), schedule.batch_size)
+            feed = (data.stream([train_idx[b.cpu()] for b in batches], keys) if streamed
+                    else ({k: (x[b], l[b]) for k, (x, l) in inputs.items()} for b in batches))
+            for b, batch in zip(batches, feed):
+                if streamed:
+                    batch = {k: (x.to(device), l.to(device)) for k, (x, l) in batch.items()}
+                loss = loss_fn(model(batch), targets[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -76,7 +76,9 @@ def run_experiment(cfg: HeadsConfig, name: str, stores: Mapping[str, object], cl
     missing = [k for k in exp.modalities if k not in stores]
     if missing:
         raise KeyError(f"experiment {name!r}: no store given for {missing}")
-    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames)
+    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames,
+                          stream_over_bytes=cfg.store.stream_over_mb * 2**20,
+                          prefetch_batches=cfg.store.prefetch_batches)
     flags = dict(pretrained) if pretrained is not None else pretrained_flags(stores, exp.modalities)
     features = {}
     for k in exp.modalities:

@@ -9,6 +9,9 @@ Layout (same for every extractor; Zarr v3 by default, HDF5 on request):
     <root>/<key>/<fingerprint>/<segment>/   an immutable batch of clips
         arrays: <name> (R, ...) for every named output, 'times' (R, 2)
         attrs:  {"committed": true, "index": {clip_ids, offsets, lengths, attrs}}   <- written LAST
+    <root>/<key>/<fingerprint>/_index.json  the consolidated index: every verified segment's index doc in one
+                                            atomically replaced blob (pipeline/store_index.py), so an open is one
+                                            listing + one read; segments it does not know are read and folded in
     <root>/_failures/<run_id>           attrs: {"rows": [{clip_id, path, stage, error}, ...]}
 
 A clip is visible only through a committed segment index, which is written after all of
@@ -17,8 +20,8 @@ ignore and the next run deletes. Rows of one clip are contiguous inside one segm
 clip reads in one or few chunk reads. Concurrent writers (Ray workers) use distinct segment
 names and never touch each other's segments; separate runs take the store's writer lock
 (pipeline/store_lock.py) so that only segments of dead writers are ever collected. Readers check a
-committed index against its arrays: a segment whose arrays are missing or short is reported and its
-clips count as missing (re-extracted), never trusted.
+committed index against its arrays (once, before it enters the consolidated index): a segment whose arrays
+are missing or short is reported and its clips count as missing (re-extracted), never trusted.
 
 HDF5: `<root>` is a directory; every segment is one self-contained `.h5` file written under a
 temporary name and renamed into place (the commit), and JSON documents sit beside them.
@@ -29,18 +32,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import AbstractSet, Any, Iterable, Mapping, Optional
 
 import numpy as np
 
 from pipeline.config import StoreConfig
-from pipeline.errors import StorageError
+from pipeline.errors import InputError, StorageError
+from pipeline.raw_rows import read_many_into
+from pipeline.store_backends import HDF5Backend, ZarrBackend  # noqa: F401 (ZarrBackend re-exported)
+from pipeline.store_catalog import FAMILIES, _exists, catalog_root, empty_catalog, record
+from pipeline.store_index import INDEX_BLOB, IndexProblem, decode_index, encode_index
 
 TIMES = "times"
 log = logging.getLogger("emocache.store")
@@ -56,6 +62,43 @@ class Entry:
     attrs: dict = field(default_factory=dict)
 
 
+class ClipIndex(Mapping):
+    """clip id -> Entry over committed segments, kept as columns: built with no Python work per clip (a 100k-clip
+    store opens in well under a second), an Entry made only when a clip is looked up."""
+
+    def __init__(self, committed: dict[str, dict]):
+        from itertools import chain
+
+        self._segs = sorted(committed)
+        docs = [committed[seg] for seg in self._segs]
+        ids = list(chain.from_iterable(d["clip_ids"] for d in docs))
+        counts = [len(d["clip_ids"]) for d in docs]
+        self._seg = np.repeat(np.arange(len(docs)), counts)
+        self._off = np.concatenate([np.asarray(d["offsets"], np.int64) for d in docs] or [np.zeros(0, np.int64)])
+        self._len = np.concatenate([np.asarray(d["lengths"], np.int64) for d in docs] or [np.zeros(0, np.int64)])
+        self._attrs = list(chain.from_iterable(d["attrs"] for d in docs))
+        self._pos = dict(zip(ids, range(len(ids))))   # later segments win for a clip committed twice
+
+    def __getitem__(self, cid: str) -> Entry:
+        i = self._pos[cid]
+        return Entry(self._segs[self._seg[i]], int(self._off[i]), int(self._len[i]), dict(self._attrs[i]))
+
+    def __contains__(self, cid) -> bool:
+        return cid in self._pos
+
+    def __iter__(self):
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def length(self, cid: str) -> int:
+        return int(self._len[self._pos[cid]])
+
+    def ids(self) -> AbstractSet[str]:
+        return self._pos.keys()
+
+
 @dataclass
 class ClipRows:
     arrays: dict[str, np.ndarray]
@@ -68,244 +111,8 @@ def new_segment_id(writer: str = "") -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{writer or 'w'}-{uuid.uuid4().hex[:10]}"
 
 
-def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int, chunk_mb: float) -> int:
-    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
-    return int(max(1, min(1 << 20, (chunk_mb * (1 << 20)) // row_bytes)))
-
-
-# ---------------------------------------------------------------- backends
-class ZarrBackend:
-    def __init__(self, root: str, compressor: str, chunk_mb: float, storage_options: Optional[dict] = None):
-        import zarr
-
-        self.zarr = zarr
-        self.root_path = root
-        self.storage_options = storage_options
-        kw = {"storage_options": storage_options} if storage_options and "://" in root else {}
-        self.root = self._open_root(root, kw)
-        self.chunk_mb = chunk_mb
-        self.compressors = self._compressors(compressor)
-        self._arrays: dict = {}
-
-    def _open_root(self, root: str, kw: dict):
-        from zarr.errors import ContainsGroupError
-
-        # mode "a" checks for the group, then creates it: workers starting together (Ray actors
-        # on one object store) can both see none and the slower one's create fails. The group
-        # then exists, so opening again succeeds.
-        for attempt in range(2):
-            try:
-                return self.zarr.open_group(root, mode="a", zarr_format=3, **kw)
-            except ContainsGroupError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _require_group(self, path: str):
-        from zarr.errors import ContainsGroupError
-
-        # Same race as the root: two writers creating a shared parent group at once.
-        try:
-            return self.root.require_group(path)
-        except ContainsGroupError:
-            return self.root.require_group(path)
-
-    def _compressors(self, name: str):
-        from zarr.codecs import BloscCodec, ZstdCodec
-
-        return {"none": None, "zstd": ZstdCodec(level=1),
-                "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")}[name]
-
-    def get_doc(self, path: str) -> Optional[dict]:
-        g = self._safe_open(path)
-        return dict(g.attrs) if g is not None else None
-
-    def put_doc(self, path: str, doc: dict) -> None:
-        g = self._require_group(path)
-        g.attrs.put(doc)  # one metadata write replaces all attrs
-
-    def children(self, path: str) -> list[str]:
-        """Names below `path` as stored (listing the store, so half-written nodes show up too)."""
-        from zarr.core.sync import sync
-
-        # fsspec filesystems (s3fs, gcsfs) cache listings per process; other workers add segments
-        # behind our back, so a listing must always ask the storage (a stale one hides new clips).
-        fs = getattr(self.root.store, "fs", None)
-        if fs is not None:
-            fs.invalidate_cache()
-
-        async def _ls():
-            return [k async for k in self.root.store.list_dir(path)]
-
-        return sorted(k for k in sync(_ls()) if k != "zarr.json")
-
-    def _safe_open(self, path: str):
-        try:
-            node = self.root[path]
-        except Exception:
-            return None
-        return node if isinstance(node, self.zarr.Group) else None
-
-    def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
-        g = self._require_group(path)
-        if "://" in self.root_path:   # object storage has no lock: the age tells gc a live segment from a dead one
-            g.attrs.put({"committed": False, "started": time.time()})
-        for name, a in arrays.items():
-            # Edge chunks are stored full-size, so a small segment gets a chunk no bigger than itself.
-            rows = min(_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), max(1, a.shape[0]))
-            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(rows, *a.shape[1:]),
-                               compressors=self.compressors, overwrite=True)
-            if a.size:
-                z[...] = a
-        g.attrs.put(doc)  # the commit: written after every row is on storage
-
-    def _array(self, path: str):
-        # Segments are immutable once committed, so an opened array can be reused for the whole session.
-        arr = self._arrays.get(path)
-        if arr is None:
-            arr = self._arrays[path] = self.root[path]
-        return arr
-
-    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
-        """Several (array path, start, stop) reads in one round of zarr's async I/O (overlapped, not one by one).
-
-        Fast path: an uncompressed little-endian array stored as ONE chunk (the usual segment) is read as
-        its raw chunk bytes and viewed as an ndarray, skipping zarr's decode-and-copy into a new array."""
-        import asyncio
-
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
-
-        arrays = [self._array(p) for p, _, _ in requests]
-
-        async def one(a, lo, hi):
-            if self._single_raw_chunk(a):
-                key = f"{a.path}/{a.metadata.encode_chunk_key((0,) * a.ndim)}"
-                buf = await self.root.store.get(key, prototype=default_buffer_prototype())
-                if buf is not None:
-                    return np.frombuffer(buf.as_numpy_array(), dtype=a.dtype).reshape(a.shape)[lo:hi]
-            return np.asarray(await a._async_array.getitem(slice(lo, hi)))
-
-        async def _all():
-            return await asyncio.gather(*(one(a, lo, hi) for a, (_, lo, hi) in zip(arrays, requests)))
-
-        return list(sync(_all()))
-
-    @staticmethod
-    def _single_raw_chunk(a) -> bool:
-        from zarr.codecs import BytesCodec
-
-        codecs = a.metadata.codecs
-        return (a.size > 0 and a.nchunks == 1 and tuple(a.metadata.chunk_grid.chunk_shape) == tuple(a.shape)
-                and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
-                and a.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little")
-
-    def row_counts(self, path: str) -> dict[str, int]:
-        """Rows (first dimension) of every array stored in the segment group at `path`."""
-        g = self._safe_open(path)
-        if g is None:
-            raise KeyError(f"{path}: segment group not readable")
-        return {name: int(a.shape[0]) for name, a in g.arrays()}
-
-    def delete(self, path: str) -> None:
-        from zarr.core.sync import sync
-
-        self._arrays = {k: v for k, v in self._arrays.items() if not k.startswith(path + "/")}
-        sync(self.root.store.delete_dir(path))
-
-    def remove_partial_files(self, path: str) -> int:
-        return 0  # a killed Zarr writer leaves only uncommitted segment groups, which segments() reports
-
-
-class HDF5Backend:
-    """A directory of JSON docs and one .h5 file per segment (each renamed into place = committed)."""
-
-    def __init__(self, root: str, compressor: str, chunk_mb: float, storage_options: Optional[dict] = None):
-        if "://" in root:
-            raise ValueError(f"store.format hdf5 needs a local directory, got {root!r} (use zarr for object storage)")
-        import h5py
-
-        self.h5py = h5py
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.chunk_mb = chunk_mb
-        self.compression = {"none": None, "zstd": "gzip", "lz4": "lzf"}[compressor]
-
-    def _doc_path(self, path: str) -> Path:
-        return self.root / path / "_doc.json"
-
-    def get_doc(self, path: str) -> Optional[dict]:
-        p = self._doc_path(path)
-        if p.exists():
-            try:
-                return json.loads(p.read_text())
-            except json.JSONDecodeError:
-                return None
-        seg = self.root / f"{path}.h5"
-        if seg.exists():
-            with self.h5py.File(seg, "r") as f:
-                return json.loads(f.attrs["doc"])
-        return None
-
-    def put_doc(self, path: str, doc: dict) -> None:
-        p = self._doc_path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, default=str))
-        os.replace(tmp, p)
-
-    def children(self, path: str) -> list[str]:
-        d = self.root / path if path else self.root
-        if not d.is_dir():
-            return []
-        out = [c.name for c in d.iterdir() if c.is_dir()]
-        out += [c.name[:-3] for c in d.iterdir() if c.suffix == ".h5"]
-        return sorted(out)
-
-    def write_segment(self, path: str, arrays: dict[str, np.ndarray], doc: dict) -> None:
-        final = self.root / f"{path}.h5"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        with self.h5py.File(tmp, "w") as f:
-            for name, a in arrays.items():
-                chunks = (_rows_per_chunk(a.shape[1:], a.dtype.itemsize, self.chunk_mb), *a.shape[1:]) if a.shape[0] else None
-                if chunks:
-                    chunks = (min(chunks[0], a.shape[0]), *chunks[1:])
-                f.create_dataset(name, data=a, chunks=chunks, compression=self.compression if a.size else None)
-            f.attrs["doc"] = json.dumps(doc, default=str)
-        os.replace(tmp, final)  # the commit
-
-    def read_rows(self, path: str, name: str, start: int, stop: int) -> np.ndarray:
-        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
-            return f[name][start:stop]
-
-    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
-        out = []
-        for path, lo, hi in requests:
-            seg, name = path.rsplit("/", 1)
-            out.append(self.read_rows(seg, name, lo, hi))
-        return out
-
-    def row_counts(self, path: str) -> dict[str, int]:
-        with self.h5py.File(self.root / f"{path}.h5", "r") as f:
-            return {name: int(f[name].shape[0]) for name in f if isinstance(f[name], self.h5py.Dataset)}
-
-    def delete(self, path: str) -> None:
-        import shutil
-
-        p = self.root / path
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        for q in p.parent.glob(p.name + ".h5*") if p.parent.exists() else []:
-            q.unlink(missing_ok=True)
-
-    def remove_partial_files(self, path: str) -> int:
-        """Temporary .h5 files a killed writer left in `path` (never renamed into place = never committed)."""
-        d = self.root / path
-        stale = list(d.glob("*.h5.tmp*")) if d.is_dir() else []
-        for f in stale:
-            f.unlink(missing_ok=True)
-        return len(stale)
+class MissingFeaturesError(InputError, LookupError):
+    """The cache lacks a key, a fingerprint or some clips a reader asked for: run `emocache extract` first."""
 
 
 class StoreWriteError(StorageError, OSError):
@@ -326,16 +133,27 @@ class FeatureStore:
         self.format = fmt
         backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
         self.backend = backend(self.root, compressor, chunk_mb, storage_options)
-        self._index_cache: dict[tuple[str, str], dict[str, Entry]] = {}
+        self._index_cache: dict[tuple[str, str], ClipIndex] = {}
         self._arrays_cache: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self.catalog: Optional[tuple[str, str, Optional[dict]]] = None   # (store.dir, family, options): for_family
 
     @classmethod
     def for_family(cls, store_cfg: StoreConfig, base: Path, family: str,
                    storage_options: Optional[dict] = None) -> "FeatureStore":
         if storage_options is None:  # params' store.storage_options (s3 endpoint etc.)
             storage_options = dict(store_cfg.storage_options) or None
-        return cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
-                   store_cfg.chunk_mb, storage_options, store_cfg.remote_gc_age_s)
+        st = cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
+                 store_cfg.chunk_mb, storage_options, store_cfg.remote_gc_age_s)
+        # a writer's store: list it (and, in set_current, its keys) in the catalog at the store.dir root
+        st.catalog = (catalog_root(store_cfg, base), family, storage_options)
+        record(st.catalog[0], family, st.name, st.format, storage_options=storage_options,
+               scan=lambda: scan_stores(st.catalog[0], st.format, storage_options))
+        return st
+
+    @property
+    def name(self) -> str:
+        """The store's name inside store.dir ('audio.zarr')."""
+        return self.root.rstrip("/").rsplit("/", 1)[-1]
 
     # -- metadata
     def keys(self) -> list[str]:
@@ -354,6 +172,10 @@ class FeatureStore:
         with self._writing(f"metadata of {key!r}"):
             self.backend.put_doc(f"{key}/{fingerprint}", {"meta": meta})
             self.backend.put_doc(key, {"current": fingerprint})
+            if self.catalog is not None:
+                root, family, options = self.catalog
+                record(root, family, self.name, self.format, key, options,
+                       scan=lambda: scan_stores(root, self.format, options))
 
     @contextmanager
     def _writing(self, what: str, cleanup: Optional[str] = None):
@@ -385,15 +207,18 @@ class FeatureStore:
     def _require_current(self, key: str) -> str:
         fp = self.current_fingerprint(key)
         if fp is None:
-            raise KeyError(f"store {self.root} has no features for {key!r}; present: {self.keys() or 'none'}")
+            raise MissingFeaturesError(f"store {self.root} has no features for {key!r}; present: {self.keys() or 'none'}")
         return fp
 
     # -- index
-    def segments(self, key: str, fingerprint: str) -> tuple[dict[str, dict], list[str]]:
-        """(committed segment -> index doc, uncommitted segment names)."""
+    def _segment_names(self, key: str, fingerprint: str) -> list[str]:
+        # '_index.json' and its temporary files sit beside the segments; they are no segments
+        return [s for s in self.backend.children(f"{key}/{fingerprint}") if not s.startswith("_")]
+
+    def _segment_docs(self, key: str, fingerprint: str, names: Iterable[str]) -> tuple[dict[str, dict], list[str]]:
         committed, pending = {}, []
         broken = self.broken.setdefault((key, fingerprint), {})
-        for seg in self.backend.children(f"{key}/{fingerprint}"):
+        for seg in names:
             try:
                 doc = self.backend.get_doc(f"{key}/{fingerprint}/{seg}")
             except Exception as e:   # e.g. a damaged .h5 file: reported, never trusted
@@ -406,19 +231,60 @@ class FeatureStore:
                 pending.append(seg)
         return committed, pending
 
-    def index(self, key: str, fingerprint: Optional[str] = None, refresh: bool = False) -> dict[str, Entry]:
+    def segments(self, key: str, fingerprint: str) -> tuple[dict[str, dict], list[str]]:
+        """(committed segment -> index doc, uncommitted segment names), read from every segment's own doc."""
+        return self._segment_docs(key, fingerprint, self._segment_names(key, fingerprint))
+
+    def _scan(self, key: str, fp: str) -> tuple[dict[str, dict], list[str]]:
+        """(verified committed segment -> index doc, uncommitted segments): the consolidated index plus the
+        segments it does not know yet, which are read, checked and folded into it (best effort)."""
+        names = self._segment_names(key, fp)
+        known, trusted = self._load_index(key, fp, names)
+        committed, pending = self._segment_docs(key, fp, [s for s in names if s not in known])
+        fresh = self._verified(key, fp, committed)
+        committed = {**known, **fresh}
+        if fresh or (not trusted and committed):
+            self._write_index(key, fp, committed)
+        return committed, pending
+
+    def _load_index(self, key: str, fp: str, names: list[str]) -> tuple[dict[str, dict], bool]:
+        """(segment -> doc from the consolidated index, whether it could be trusted). Missing: ({}, False)."""
+        where = f"{key}/{fp}/{INDEX_BLOB}"
+        try:
+            blob = self.backend.get_blob(where)
+        except Exception as e:
+            blob, why = None, f"unreadable ({type(e).__name__}: {e})"
+        else:
+            why = None
+        if blob is None and why is None:
+            return {}, False
+        try:
+            if why:
+                raise IndexProblem(why)
+            known = decode_index(blob, key, fp)
+            gone = sorted(set(known) - set(names))
+            if gone:
+                raise IndexProblem(f"disagrees with the segments on disk ({len(gone)} segment(s) it lists are "
+                                   f"gone, e.g. {gone[0]})")
+        except IndexProblem as e:
+            log.warning("store %s: the consolidated index %s is %s; rebuilding it from the segments (they are "
+                        "the source of truth)", self.root, where, e)
+            return {}, False
+        return known, True
+
+    def _write_index(self, key: str, fp: str, committed: dict[str, dict]) -> None:
+        try:
+            self.backend.put_blob(f"{key}/{fp}/{INDEX_BLOB}", encode_index(key, fp, committed))
+        except Exception as e:   # a read-only store still reads, one doc per segment
+            log.debug("store %s: could not write the consolidated index of %s/%s: %s", self.root, key, fp, e)
+
+    def index(self, key: str, fingerprint: Optional[str] = None, refresh: bool = False) -> "ClipIndex":
         fp = fingerprint or self._require_current(key)
         cache_key = (key, fp)
         if refresh or cache_key not in self._index_cache:
-            idx: dict[str, Entry] = {}
-            committed, _ = self.segments(key, fp)
-            committed = self._verified(key, fp, committed)
+            committed, _ = self._scan(key, fp)
             self._arrays_cache[cache_key] = {seg: doc.get("arrays", []) for seg, doc in committed.items()}
-            for seg in sorted(committed):  # later segments win for a clip committed twice
-                doc = committed[seg]
-                for i, cid in enumerate(doc["clip_ids"]):
-                    idx[cid] = Entry(seg, int(doc["offsets"][i]), int(doc["lengths"][i]), doc["attrs"][i])
-            self._index_cache[cache_key] = idx
+            self._index_cache[cache_key] = ClipIndex(committed)
         return self._index_cache[cache_key]
 
     def _verified(self, key: str, fp: str, committed: dict[str, dict]) -> dict[str, dict]:
@@ -446,8 +312,9 @@ class FeatureStore:
                         "extracted again", self.root, key, fp, seg, why)
         seen[seg] = why
 
-    def has(self, key: str, fingerprint: str) -> set[str]:
-        return set(self.index(key, fingerprint, refresh=True))
+    def has(self, key: str, fingerprint: str) -> AbstractSet[str]:
+        # a set view of the index (no copy of 100k ids: planning only asks `clip in has(...)`)
+        return self.index(key, fingerprint, refresh=True).ids()
 
     def gc_uncommitted(self, key: str, fingerprint: str) -> int:
         """Delete segments no live writer can still commit, and broken ones.
@@ -455,8 +322,7 @@ class FeatureStore:
         Call only while holding the store's writer lock (pipeline/store_lock.py): then every other writer
         of a local store is dead. Object storage has no lock, so there an uncommitted segment is deleted
         only once it is older than `remote_gc_age_s` (a live writer commits a segment within seconds)."""
-        _, pending = self.segments(key, fingerprint)
-        self.index(key, fingerprint, refresh=True)          # fills self.broken
+        _, pending = self._scan(key, fingerprint)           # fills self.broken
         if "://" in self.root:
             pending = [seg for seg in pending if self._age_s(f"{key}/{fingerprint}/{seg}", seg) > self.remote_gc_age_s]
         doomed = [*pending, *self.broken.get((key, fingerprint), {})]
@@ -529,7 +395,7 @@ class FeatureStore:
         idx = self.index(key, fp)
         missing = [c for c in clip_ids if c not in idx]
         if missing:
-            raise KeyError(f"{key}: {len(missing)} clip(s) not in the store, e.g. {missing[:3]}")
+            raise MissingFeaturesError(f"{key}: {len(missing)} clip(s) not in the store, e.g. {missing[:3]}")
         by_seg: dict[str, list[int]] = {}
         for i, c in enumerate(clip_ids):
             by_seg.setdefault(idx[c].segment, []).append(i)
@@ -564,19 +430,59 @@ class FeatureStore:
                                   block[TIMES][s], e.attrs)
         return out  # type: ignore[return-value]
 
+    def raw_rows(self, key: str, fp: str, clip_id: str, name: str):
+        """The raw layout of the array holding `clip_id`'s rows (None: read through the backend's codecs)."""
+        e = self.index(key, fp)[clip_id]
+        return self.backend.raw_layout(f"{key}/{fp}/{e.segment}/{name}")
+
+    def read_direct(self, key: str, fp: str, clip_ids: list[str], name: str, x: np.ndarray, n_rows,
+                    positions: Iterable[int]) -> list[int]:
+        """Copy the first n_rows[i] rows of clip_ids[i] into x[i, :n_rows[i]] straight from the segment files
+        (pread, no codec, no intermediate copy) for each i in positions. Returns the positions it could not serve
+        (compressed or remote arrays, another dtype): those go through _blocks."""
+        idx = self.index(key, fp)
+        rest = []
+        by_seg: dict[str, list] = {}
+        for i in positions:
+            n = int(n_rows[i])
+            if n:
+                e = idx[clip_ids[i]]
+                by_seg.setdefault(e.segment, []).append((i, e.offset, n, e.length))
+        for seg, parts in by_seg.items():
+            layout = self.backend.raw_layout(f"{key}/{fp}/{seg}/{name}")
+            if layout is None or layout.dtype != x.dtype:
+                rest += [i for i, _, _, _ in parts]
+                continue
+            # one preadv per run of clips that are neighbours in the segment file
+            read_many_into(layout, [(off, off + n, x[i, :n]) for i, off, n, _ in parts])
+        return rest
+
     def read_padded(self, key: str, clip_ids: Iterable[str], name: str = "features",
                     max_len: Optional[int] = None, fingerprint: Optional[str] = None,
                     dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """(N, T, ...) zero-padded + lengths (N,). Rows beyond max_len are cut. Copies straight from segment blocks."""
+        """(N, T, ...) zero-padded + lengths (N,). Rows beyond max_len are cut. Copies straight from the segment
+        files where they hold raw rows (read_direct), else from segment blocks."""
         clip_ids = list(clip_ids)
         fp = fingerprint or self._require_current(key)
         idx = self.index(key, fp)
-        blocks = list(self._blocks(key, clip_ids, [name], fp, False))
+        missing = [c for c in clip_ids if c not in idx]
+        if missing:
+            raise MissingFeaturesError(f"{key}: {len(missing)} clip(s) not in the store, e.g. {missing[:3]}")
         lengths = np.array([idx[c].length for c in clip_ids], dtype=np.int64)
         if max_len is not None:
             lengths = np.minimum(lengths, max_len)
-        tail = next((b[name].shape[1:] for _, b, _, _, _ in blocks if name in b and b[name].shape[0]), ())
-        x = np.zeros((len(clip_ids), int(lengths.max()) if len(lengths) else 0, *tail), dtype=dtype)
+        layout = next((self.raw_rows(key, fp, c, name) for c, n in zip(clip_ids, lengths) if n), None)
+        if layout is not None:   # the row shape from the layout: no read needed to size x
+            x = np.zeros((len(clip_ids), int(lengths.max()), *layout.shape[1:]), dtype=dtype)
+            rest = self.read_direct(key, fp, clip_ids, name, x, lengths, range(len(clip_ids)))
+            if not rest:
+                return x, lengths
+            blocks = list(self._blocks(key, [clip_ids[i] for i in rest], [name], fp, False))
+            blocks = [([rest[j] for j in pos], b, lo, i_, n_) for pos, b, lo, i_, n_ in blocks]
+        else:
+            blocks = list(self._blocks(key, clip_ids, [name], fp, False))
+            tail = next((b[name].shape[1:] for _, b, _, _, _ in blocks if name in b and b[name].shape[0]), ())
+            x = np.zeros((len(clip_ids), int(lengths.max()) if len(lengths) else 0, *tail), dtype=dtype)
         for positions, block, lo, _, _ in blocks:
             if name not in block:
                 continue
@@ -612,3 +518,18 @@ def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def scan_stores(root: str, fmt: str, storage_options: Optional[dict]) -> dict:
+    """A catalog built from the family stores under `root` (their keys are their top-level groups)."""
+    doc = empty_catalog()
+    probe = StoreConfig(dir=root, format=fmt)
+    for fam in FAMILIES:
+        path = store_path(probe, Path("."), fam)
+        if not _exists(path, storage_options):
+            continue
+        st = FeatureStore(path, fmt, storage_options=storage_options)
+        doc["stores"][fam] = {"path": path.rstrip("/").rsplit("/", 1)[-1], "format": fmt}
+        for k in st.keys():
+            doc["keys"].setdefault(k, fam)
+    return doc

@@ -56,7 +56,7 @@ def _snapshot(params) -> dict:
     for key in KEYS:
         try:
             idx = st.index(key, refresh=True)
-        except KeyError:
+        except LookupError:
             continue
         rows = st.read(key, sorted(idx))
         out[key] = {cid: r for cid, r in zip(sorted(idx), rows)}

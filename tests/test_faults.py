@@ -53,7 +53,7 @@ def _snapshot(store_root: Path) -> dict:
     for key in KEYS:
         try:
             idx = st.index(key, refresh=True)
-        except KeyError:
+        except LookupError:
             continue
         out[key] = dict(zip(sorted(idx), st.read(key, sorted(idx))))
     return out

@@ -80,10 +80,9 @@ def project(tmp_path_factory):
 
 
 def stores(cfg):
-    from heads.cli_glue import family_of
     from heads.data import open_stores
 
-    return open_stores(cfg, ["text.transcript", "text_states.transcript"], family_of(cfg))
+    return open_stores(cfg, ["text.transcript", "text_states.transcript"])
 
 
 def clip_ids(cfg) -> dict[str, str]:
@@ -235,7 +234,9 @@ def test_random_bert_trains_its_top_layer_and_round_trips(tmp_path, make_config)
                             "finetune": {"layers_trainable": 1, "backbone_lr": 1e-2, "length_chunks": 2}}})
     write_listing(cfg, list_dataset(cfg, "toy"))
     extract(cfg, ["toy"], "text_states")
-    st = {"text_states.transcript": stores(cfg)["text_states.transcript"]}
+    from heads.data import open_stores
+
+    st = open_stores(cfg, ["text_states.transcript"])
     table, summary = read_clip_table(cfg, "toy")
     exp = cfg.experiments["ft"]
     before = Backbone.from_store(cfg, st["text_states.transcript"], "text_states.transcript", exp).layers
@@ -333,7 +334,6 @@ def tone_config(make_config, tones, **ft):
 @pytest.mark.slow   # the FC block is 67M parameters: ~30 s of CPU
 def test_vggish_fc_block_frozen_reproduces_the_mlp_and_trains_its_top(tmp_path, make_config, tones):
     from heads.checkpoint import load_checkpoint
-    from heads.cli_glue import family_of
     from heads.data import load_head_data, open_stores
     from heads.finetune import Backbone
     from heads.train import run_experiment
@@ -344,7 +344,7 @@ def test_vggish_fc_block_frozen_reproduces_the_mlp_and_trains_its_top(tmp_path, 
     write_listing(cfg, list_dataset(cfg, "tones"))
     for fam in ("audio", "audio_states"):
         extract(cfg, ["tones"], fam)
-    st = open_stores(cfg, ["vggish", "vggish_states"], family_of(cfg))
+    st = open_stores(cfg, ["vggish", "vggish_states"])
     rows = st["vggish_states"].read("vggish_states", list(st["vggish_states"].index("vggish_states"))[:1])[0]
     assert rows.arrays["features"].shape == (2, 12288) and rows.arrays["features"].dtype == np.float16
     table, summary = read_clip_table(cfg, "tones")

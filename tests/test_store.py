@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.extractors.base import ClipFeatures
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, MissingFeaturesError
 
 
 def feats(seed: int, t: int, d: int = 8) -> ClipFeatures:
@@ -97,9 +97,9 @@ def test_failures_table(tmp_path):
 
 def test_missing_key_and_clip_errors_are_clear(tmp_path):
     st = FeatureStore(tmp_path / "s")
-    with pytest.raises(KeyError, match="no features for 'nope'"):
+    with pytest.raises(MissingFeaturesError, match="no features for 'nope'"):
         st.read("nope", ["a"])
     st.set_current("k", "fp", {})
     st.write_segment("k", "fp", [("a", feats(1, 1))])
-    with pytest.raises(KeyError, match="not in the store"):
+    with pytest.raises(MissingFeaturesError, match="not in the store"):
         st.read("k", ["zzz"])

@@ -212,7 +212,6 @@ def run_seconds(metrics_dir: Path, experiment: str) -> float:
 
 def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path) -> dict:
     """An `emocache train` result, checked to be on the same clips and split, with its features' weights."""
-    from heads.cli_glue import family_of
     from heads.data import open_stores
 
     path = metrics_dir / f"{experiment}.json"
@@ -223,7 +222,7 @@ def emocache_result(cfg: Config, data: Split, experiment: str, metrics_dir: Path
     if r["dataset"] != data.name or r["eval_split"] != data.eval_split or not same:
         raise ValueError(f"{path}: dataset {r['dataset']} / split {r['eval_split']} / clips {r['n_clips']} do not "
                          f"match the clip table of {data.name} ({data.eval_split}, {n}); rerun `emocache train`")
-    stores = open_stores(cfg, r["modalities"], family_of(cfg))
+    stores = open_stores(cfg, r["modalities"])
     features = {}
     for key in r["modalities"]:
         meta = stores[key].meta(key)
