@@ -1,6 +1,6 @@
 """`emocache predict VIDEO --head RUN`: emotion scores for one new video, per speech segment and for the whole video.
 
-Seed 003's system: voice-activity detection cuts the audio into utterances, the model scores each one, and the
+The real-world MER system paper's design: voice-activity detection cuts the audio into utterances, the model scores each one, and the
 video-level emotions are the average of the utterance scores (here weighted by duration), read against
 per-emotion thresholds. Features come from the normal extractors through the runner's Worker, so they land in
 the normal stores under content-hash clip ids: predicting the same video twice (or a video some dataset already

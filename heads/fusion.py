@@ -65,7 +65,7 @@ def fusion_weights(given: Optional[Sequence[float]], val_probs: Optional[Sequenc
 
 
 class LateFusionHead(HeadKind):
-    """Seed 000's decision-level fusion over per-modality MLPs."""
+    """SVCEmotion's decision-level fusion over per-modality MLPs."""
 
     width_section = "mlp"
     part_kind = "mlp"   # the kind trained on each modality

@@ -51,7 +51,7 @@ def class_polarity(vocab: list[str], overrides: Mapping[str, int]) -> list[int]:
 
 
 class EPCELoss(nn.Module):
-    """Seed 001 eq. 9: L = mean_i (1 + γ_ep(y_i) · s_i) · CE_i, with s_i = 1 when the predicted class's polarity
+    """Wu et al. eq. 9: L = mean_i (1 + γ_ep(y_i) · s_i) · CE_i, with s_i = 1 when the predicted class's polarity
     differs from the true class's polarity. The penalty is a weight, so no gradient flows through argmax."""
 
     def __init__(self, polarity: list[int], gamma: Mapping[str, float]):

@@ -47,7 +47,7 @@ class Standardize(nn.Module):
 
 
 class RowEncoder(nn.Module):
-    """Seed 000: train on ONE random row per clip (a new one each time the clip is seen), evaluate on the
+    """SVCEmotion: train on ONE random row per clip (a new one each time the clip is seen), evaluate on the
     mean of all rows. Single-row modalities (text, eGeMAPS) are thereby used as they are."""
 
     def __init__(self, dim: int):
@@ -96,7 +96,7 @@ class NeXtVLAD(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    """Seed 002 per-modality branch: Transformer encoder (intra-modal relations) -> NeXtVLAD."""
+    """Peng et al. per-modality branch: Transformer encoder (intra-modal relations) -> NeXtVLAD."""
 
     def __init__(self, dim: int, cfg: NeXtVLADConfig):
         super().__init__()
@@ -132,7 +132,7 @@ class ConcatFusion(nn.Module):
 
 
 class SEFusion(nn.Module):
-    """Seed 002 eqs. 2-4: F1 = ReLU(BN(W1 F)); F2 = sigmoid(W3 BN(ReLU(W2 F1))); out = F1 * F2."""
+    """Peng et al. eqs. 2-4: F1 = ReLU(BN(W1 F)); F2 = sigmoid(W3 BN(ReLU(W2 F1))); out = F1 * F2."""
 
     def __init__(self, in_dim: int, dim: int, reduction: int):
         super().__init__()

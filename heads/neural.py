@@ -201,7 +201,7 @@ class LinearHead(NeuralHead):
 
 
 class MLPHead(NeuralHead):
-    """Seed 000: one modality's rows -> two fully connected layers."""
+    """SVCEmotion: one modality's rows -> two fully connected layers."""
 
     @classmethod
     def build(cls, exp, input_dims, n_classes):
@@ -224,7 +224,7 @@ class EarlyFusionHead(NeuralHead):
 
 
 class NeXtVLADHead(NeuralHead):
-    """Seed 002: per modality Transformer encoder -> NeXtVLAD -> concatenation -> SE block -> MLP."""
+    """Peng et al.: per modality Transformer encoder -> NeXtVLAD -> concatenation -> SE block -> MLP."""
 
     width_section = "nextvlad"
 

@@ -39,7 +39,7 @@ def score_split(data: HeadData, split: str, probs: np.ndarray, threshold: float,
 def select_metric(tc: TrainConfig, multilabel: bool) -> str:
     if tc.select_metric != "auto":
         return tc.select_metric
-    return "mean" if multilabel else "f1_weighted"   # seed 000 Mean; weighted F1 for single-label (seeds 001/004)
+    return "mean" if multilabel else "f1_weighted"   # SVCEmotion Mean; weighted F1 for single-label (Wu et al., DeepMSI-MER)
 
 
 def probability_metric(tc: TrainConfig, multilabel: bool) -> str:

@@ -33,7 +33,7 @@ log = logging.getLogger("emocache.store")
 
 # ---------------------------------------------------------------- the reader
 def uniform_rows(length: int, max_rows: int) -> np.ndarray:
-    """Row indices that keep at most max_rows rows spread evenly over the clip (seed 002 samples T=100)."""
+    """Row indices that keep at most max_rows rows spread evenly over the clip (Peng et al. sample T=100)."""
     if length <= max_rows:
         return np.arange(length)
     return np.round(np.linspace(0, length - 1, max_rows)).astype(np.int64)
