@@ -25,6 +25,7 @@ import os
 from collections import defaultdict
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import UsageError
 from pipeline.progress import progress
 from pipeline.executors.base import Executor
 from pipeline.store_view import StoreView
@@ -121,8 +122,20 @@ def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[li
     # SPREAD: one actor per node before a second one anywhere (each node decodes and extracts)
     actors = [cls.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", max_restarts=0, scheduling_strategy="SPREAD", **res)
               .remote(cfg, specs, f"ray{i}", run_id) for i in range(max(1, cfg.runtime.ray_workers))]
+    refs = [a.describe.remote() for a in actors]
     try:
-        described = ray.get([a.describe.remote() for a in actors])
+        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=cfg.runtime.ray_start_timeout_s)
+        if waiting:
+            raise RayStartTimeout(f"{len(waiting)} of {len(actors)} Ray worker(s) did not start within "
+                                  f"runtime.ray_start_timeout_s = {cfg.runtime.ray_start_timeout_s:g} s: each asks "
+                                  f"{_asked(res)}; the cluster has {_amounts(ray.cluster_resources())} "
+                                  f"({_amounts(ray.available_resources())} free). Lower runtime.ray_workers or "
+                                  f"ray_cpus_per_worker / ray_gpus_per_worker, or add nodes")
+        described = ray.get(refs)
+    except RayStartTimeout:
+        for a in actors:
+            ray.kill(a)
+        raise
     except Exception as e:
         for a in actors:
             ray.kill(a)
@@ -137,6 +150,20 @@ def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[li
                            f"{hosts}. Put the same weight files on every node.")
     log.info("ray: %d worker(s) %s", len(actors), ", ".join(_where(d) for d in described))
     return actors, described
+
+
+class RayStartTimeout(UsageError):
+    """The cluster cannot place (or start) the actors asked for within runtime.ray_start_timeout_s."""
+
+
+def _asked(res: dict) -> str:
+    return ", ".join(f"{k[4:].upper()} {v:g}" for k, v in res.items())      # num_cpus -> CPU
+
+
+def _amounts(res: dict) -> str:
+    shown = {k: v for k, v in res.items() if k in ("CPU", "GPU") or not k.startswith(("node:", "memory",
+                                                                                     "object_store_memory"))}
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(shown.items())) or "no resources"
 
 
 def _where(described: dict) -> str:
