@@ -209,6 +209,7 @@ def extract(cfg: PipelineConfig, datasets: Optional[list[str]] = None, family: O
             outcome = executor.run(todo, view, show_progress=show_progress)
             outcome.add(killed)
             view.check_committed(committed_by(todo, outcome.failures))
+            view.forget_kills(set(kills) & ({r.clip_id for r in todo} - {f["clip_id"] for f in outcome.failures}))
     stats = {}
     for k, d in described["extractors"].items():
         ran = outcome.stats.get(k, ExtractorStats())
