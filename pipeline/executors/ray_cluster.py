@@ -5,7 +5,8 @@ The driver (this process) never loads a model. start()
   2. starts `runtime.ray_workers` actors, spread over the nodes; each builds a Worker (extractors loaded
      once per actor, a distinct `writer` name so segment names never collide), reserving
      `ray_cpus_per_worker` CPUs and, when the cluster has GPUs and runtime.device != cpu,
-     `ray_gpus_per_worker` GPUs,
+     `ray_gpus_per_worker` GPUs; actors not all started within `ray_start_timeout_s` (e.g. more than the
+     cluster can place, which Ray would wait on forever) fail the run, naming the resources asked and the cluster's,
   3. asks the actors for their fingerprints (all must agree: same weights on every node).
 The orchestrator (pipeline/extract.py) then deletes segments an interrupted run left uncommitted and plans
 what is missing, both before any actor writes. run()
@@ -157,7 +158,7 @@ class RayStartTimeout(UsageError):
 
 
 def _asked(res: dict) -> str:
-    return ", ".join(f"{k[4:].upper()} {v:g}" for k, v in res.items())      # num_cpus -> CPU
+    return ", ".join(f"{k[4:-1].upper()} {v:g}" for k, v in res.items())      # num_cpus -> CPU
 
 
 def _amounts(res: dict) -> str:
