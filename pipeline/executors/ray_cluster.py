@@ -182,6 +182,7 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
     queue.reverse()  # pop() from the end = in order
     total = Outcome()
     lost: list[dict] = []
+    dead: list[tuple[list[ClipRecord], str]] = []   # chunks whose actor died, and why
     running: dict = {}  # ObjectRef -> (actor, chunk)
     idle = list(actors)
     with progress(total=len(todo), desc="extract (ray)", unit="clip", enabled=show_progress) as bar:
@@ -190,8 +191,7 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
                 a, chunk = idle.pop(), queue.pop()
                 running[a.process.remote(chunk)] = (a, chunk)
             if not running:  # every actor died: the rest waits for the next run
-                for chunk in queue:
-                    lost += _lost_rows(view, chunk, total.stats, "no live Ray worker left")
+                dead += [(chunk, "no live Ray worker left") for chunk in queue]
                 break
             done, _ = ray.wait(list(running), num_returns=1)
             a, chunk = running.pop(done[0])
@@ -199,14 +199,17 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
                 total.add(ray.get(done[0]))
             except ray.exceptions.RayActorError as e:   # the actor's process or its whole node is gone
                 log.error("Ray worker died while processing %d clip(s): %s", len(chunk), _first_line(e))
-                lost += _lost_rows(view, chunk, total.stats, f"Ray worker died: {_first_line(e)}")
+                dead.append((chunk, f"Ray worker died: {_first_line(e)}"))
             except Exception as e:  # the chunk raised outside the per-clip isolation (e.g. storage error)
                 log.error("Ray worker failed on %d clip(s): %s", len(chunk), _first_line(e))
-                lost += _lost_rows(view, chunk, total.stats, f"{type(e).__name__}: {_first_line(e)}")
+                dead.append((chunk, f"{type(e).__name__}: {_first_line(e)}"))
                 idle.append(a)
             else:
                 idle.append(a)
             bar.update(len(chunk))
+    # Asked only now: a dead actor's process can outlive its node's raylet briefly and commit its chunk.
+    for chunk, why in dead:
+        lost += _lost_rows(view, chunk, total.stats, why)
     if lost:
         by_family: dict[str, list[dict]] = defaultdict(list)
         for row in lost:
