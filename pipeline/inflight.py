@@ -67,7 +67,8 @@ class Journal:
                "clips": [{"clip_id": cid, "dataset": c["dataset"], "path": c["path"],
                           "extractors": sorted(c["extractors"])} for cid, c in self.clips.items()]}
         for st in self.stores:
-            st.backend.put_doc(f"{JOURNALS}/{self.name}", doc)
+            with st._writing(f"in-flight journal {JOURNALS}/{self.name}"):   # e.g. a read-only store: named
+                st.backend.put_doc(f"{JOURNALS}/{self.name}", doc)
         self.written = True
 
     def clear(self) -> None:
@@ -103,10 +104,12 @@ def take_deaths(st: FeatureStore, run_id: str) -> dict[str, dict]:
                       "stage": STAGE, "error": f"{advice(c['path'])} (writer {name}; death {k['count']})"}
                      for key in c["extractors"]]
     if taken:
-        st.backend.put_doc(KILLS, {"clips": kills})
+        with st._writing(f"kill counts {KILLS}"):
+            st.backend.put_doc(KILLS, {"clips": kills})
         st.record_failures(f"{run_id}-killed", rows)
-        for name in taken:
-            st.backend.delete(f"{JOURNALS}/{name}")
+        with st._writing(f"dead writers' journals in {JOURNALS}"):
+            for name in taken:
+                st.backend.delete(f"{JOURNALS}/{name}")
         log.warning("store %s: %d clip(s) were in flight when an earlier run was killed: %s", st.root,
                     len({r["clip_id"] for r in rows}), ", ".join(sorted({r["clip_id"] for r in rows})[:5]))
     return kills
@@ -120,4 +123,5 @@ def forget(st: FeatureStore, clip_ids: set[str]) -> None:
     kills = doc.get("clips", {})
     keep = {c: k for c, k in kills.items() if c not in clip_ids}
     if len(keep) != len(kills):
-        st.backend.put_doc(KILLS, {"clips": keep})
+        with st._writing(f"kill counts {KILLS}"):
+            st.backend.put_doc(KILLS, {"clips": keep})
