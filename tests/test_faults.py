@@ -2,7 +2,9 @@
 
 - A store write that fails (ENOSPC injected after N segments, and a real tiny tmpfs) stops the run
   loudly, naming the store; every clip committed before stays readable and equal to a clean run;
-  the rerun completes the rest. (SIGKILL mid-run: tests/test_crash.py.)
+  the rerun completes the rest. (SIGKILL mid-run: tests/test_crash.py; a clip killing the run: test_kills.py.)
+- The store deleted (or its segments removed) mid-run fails the run (StoreGoneError, exit 4), naming the
+  store and how many of the clips this run committed are gone.
 - Safe loading: torch.load always with weights_only=True, no shell, no pickle of data; a hash pinned in
   weights.sha256 is checked through a real extractor load, before the file is parsed.
 """
