@@ -75,6 +75,9 @@ class RuntimeConfig(Strict):
     ray_cpus_per_worker: float = 1.0                      # Ray CPUs each extraction actor reserves
     ray_gpus_per_worker: float = 1.0                      # GPUs each actor reserves when the cluster has GPUs
                                                           # and device != cpu (0.5 = two actors share a GPU)
+    # Starting the actors (placing them on nodes and loading their extractors) fails after this long, naming
+    # the resources asked and the cluster's: more actors than the cluster can place would otherwise wait forever.
+    ray_start_timeout_s: float = 600.0
 
 
 class MediaConfig(Strict):
@@ -94,6 +97,9 @@ class MediaConfig(Strict):
     max_frames: int = 600
     # The next batch is decoded ahead (while extractors run) only while the current one holds less than this.
     decode_ahead_mb: float = 1024.0
+    # A clip in flight when the process was killed (SIGKILL, as the OOM killer does) this many times is
+    # skipped, recorded as failed (stage 'killed'), instead of killing every rerun. One death is retried.
+    max_kills_per_clip: int = 2
 
 
 # ---------------------------------------------------------------- datasets

@@ -23,7 +23,8 @@ from pipeline.executors.base import Executor
 from pipeline.extractors.base import build_extractor, weights_label
 from pipeline.store import FeatureStore
 from pipeline.store_view import StoreView
-from pipeline.worker import ClipRecord, ExtractorStats
+from pipeline import inflight
+from pipeline.worker import ClipRecord, ExtractorStats, Outcome
 
 log = logging.getLogger("emocache.extract")
 
@@ -117,6 +118,47 @@ def plan(view: StoreView, records: list[ClipRecord]) -> tuple[list[ClipRecord], 
     return [r for r in wanted.values() if r.missing], skipped
 
 
+def skip_killers(view: StoreView, todo: list[ClipRecord], kills: dict[str, dict], max_kills: int,
+                 run_id: str) -> tuple[list[ClipRecord], Outcome]:
+    """Clips that were in flight at `max_kills` process deaths are not run again: failures (stage
+    'killed'), also in the failure table. Those killed fewer times run on their own (ClipRecord.kills).
+    Kill counts of clips no longer to be extracted are dropped."""
+    view.forget_kills(set(kills) - {r.clip_id for r in todo})
+    keep, out = [], Outcome()
+    for rec in todo:
+        n = kills.get(rec.clip_id, {}).get("count", 0)
+        if n < max(1, max_kills):
+            rec.kills = n
+            keep.append(rec)
+            continue
+        for k in rec.missing:
+            out.stats.setdefault(k, ExtractorStats()).failed += 1
+            out.failures.append({"clip_id": rec.clip_id, "dataset": rec.dataset, "path": rec.media, "extractor": k,
+                                 "stage": inflight.STAGE,
+                                 "error": f"skipped: {inflight.advice(rec.media)} {n} times (media.max_kills_per_clip "
+                                          f"= {max_kills}); raise it to try again"})
+    if out.failures:
+        log.warning("skipping %d clip(s) that killed %d earlier runs each: %s", len(todo) - len(keep), max_kills,
+                    ", ".join(r.clip_id for r in todo if r not in keep))
+        by_family: dict[str, list[dict]] = {}
+        for row in out.failures:
+            by_family.setdefault(view.family[row["extractor"]], []).append(row)
+        for fam, rows in by_family.items():
+            view.stores[fam].record_failures(f"{run_id}-skipped", rows)
+    return keep, out
+
+
+def committed_by(todo: list[ClipRecord], failures: list[dict]) -> dict[str, set[str]]:
+    """key -> clip ids this run must have committed: every planned (clip, key) that did not fail."""
+    failed = {(f["clip_id"], f["extractor"]) for f in failures}
+    out: dict[str, set[str]] = {}
+    for rec in todo:
+        for k in rec.missing:
+            if (rec.clip_id, k) not in failed:
+                out.setdefault(k, set()).add(rec.clip_id)
+    return out
+
+
 def executor_for(cfg: PipelineConfig, specs: list[str], run_id: str) -> Executor:
     """runtime.executor's executor (Ray is imported only when it is 'ray')."""
     if cfg.runtime.executor == "ray":
@@ -157,12 +199,17 @@ def extract(cfg: PipelineConfig, datasets: Optional[list[str]] = None, family: O
         view = StoreView(cfg, described["extractors"], described["order"])
         with view.locked(executor.holder):   # another run on these stores finishes first; we plan against it
             view.prepare()
+            kills = view.take_deaths(run_id)
             todo, skipped = plan(view, list(merged.values()))
+            todo, killed = skip_killers(view, todo, kills, cfg.media.max_kills_per_clip, run_id)
             workers = described["workers"]
             log.info("extract %s%s: %d clip(s) to process, %s", ",".join(specs),
                      f" on {len(workers)} Ray worker(s)" if cfg.runtime.executor == "ray" else "", len(todo),
                      ", ".join(f"{k}: {n} cached" for k, n in skipped.items()))
             outcome = executor.run(todo, view, show_progress=show_progress)
+            outcome.add(killed)
+            view.check_committed(committed_by(todo, outcome.failures))
+            view.forget_kills(set(kills) & ({r.clip_id for r in todo} - {f["clip_id"] for f in outcome.failures}))
     stats = {}
     for k, d in described["extractors"].items():
         ran = outcome.stats.get(k, ExtractorStats())

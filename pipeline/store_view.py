@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from pipeline import inflight
 from pipeline.config import PipelineConfig
+from pipeline.errors import StorageError
 from pipeline.provenance import version_changes
 from pipeline.store import FeatureStore
 from pipeline.store_lock import store_locks
@@ -62,3 +64,41 @@ class StoreView:
                                 ", ".join(f"{p} {a} (now {b})" for p, (a, b) in changed.items()))
                 meta["versions"] = made_with
             st.set_current(k, self.fp[k], meta)
+
+    # -- clips that killed a process (pipeline/inflight.py)
+    def take_deaths(self, run_id: str) -> dict[str, dict]:
+        """Journals of dead writers taken in every store; clip id -> its kill record (highest count)."""
+        out: dict[str, dict] = {}
+        for st in self.stores.values():
+            for cid, k in inflight.take_deaths(st, run_id).items():
+                if cid not in out or k["count"] > out[cid]["count"]:
+                    out[cid] = k
+        return out
+
+    def forget_kills(self, clip_ids: set[str]) -> None:
+        for st in self.stores.values():
+            inflight.forget(st, clip_ids)
+
+    # -- after the run
+    def check_committed(self, committed: dict[str, set[str]]) -> None:
+        """Every clip this run committed (key -> clip ids) is still there, under a store that still holds
+        this run's extractor metadata; else the store was deleted or replaced mid-run: StoreGoneError."""
+        counts: dict[str, list[int]] = {}       # store root -> [lost, committed]
+        for key, ids in committed.items():
+            if not ids:
+                continue
+            st = self.store_of(key)
+            gone = st.current_fingerprint(key) != self.fp[key]
+            c = counts.setdefault(st.root, [0, 0])
+            c[0] += len(ids) if gone else len(ids - self.present(key))
+            c[1] += len(ids)
+        lost = {root: c for root, c in counts.items() if c[0]}
+        if lost:
+            raise StoreGoneError("; ".join(
+                f"store {root} was deleted or replaced while this run wrote to it: {n} of the {total} clip "
+                f"row sets this run committed are no longer there" for root, (n, total) in lost.items())
+                + ". Rerun to extract what is missing (and keep the store in place while a run writes)")
+
+
+class StoreGoneError(StorageError):
+    """The store vanished (deleted, unmounted, replaced) under a running extraction."""

@@ -24,6 +24,7 @@ from pipeline.config import PipelineConfig
 from pipeline.progress import progress
 from pipeline import media
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, build_extractor
+from pipeline.inflight import Journal
 from pipeline.interrupt import InterruptFlag, deferred_sigint
 from pipeline.store import FeatureStore
 from pipeline.store_view import StoreView
@@ -48,6 +49,7 @@ class ClipRecord:
     rel_path: Optional[str] = None   # right before decoding (a file swapped for a link out since is refused)
     size: Optional[int] = None
     sha256: Optional[str] = None
+    kills: int = 0                   # earlier runs killed (SIGKILL) with this clip in flight: run it on its own
 
 
 @dataclass
@@ -99,26 +101,33 @@ def order_by_dependencies(extractors: dict[str, Extractor]) -> list[str]:
 
 # ---------------------------------------------------------------- decoding ahead
 def prefetch_batches(batches: list[list], decode: Callable, workers: int,
-                     max_ahead_bytes: Optional[float] = None) -> Iterator[tuple[list, list]]:
+                     max_ahead_bytes: Optional[float] = None,
+                     before: Optional[Callable[[list], None]] = None) -> Iterator[tuple[list, list]]:
     """Yield (batch, [decode(item) ...]) while the NEXT batch is already decoding in threads.
 
     ffmpeg runs as a subprocess, so threads overlap decoding with the extractors' model time.
     At most two batches are held decoded at once, and only one while the current batch holds more than
     `max_ahead_bytes` (media.decode_ahead_mb): then the next is decoded after the consumer is done with this
-    one. The consumer should clear() the yielded list when done, so its arrays are freed before that."""
+    one. The consumer should clear() the yielded list when done, so its arrays are freed before that.
+    `before(batch)` is called right before a batch starts decoding (the in-flight journal is written then)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def submit(batch: list) -> list:
+        if before is not None:
+            before(batch)
+        return [pool.submit(decode, item) for item in batch]
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        pending = [pool.submit(decode, item) for item in batches[0]] if batches else []
+        pending = submit(batches[0]) if batches else []
         for i, batch in enumerate(batches):
             decoded = [f.result() for f in pending]
             more = i + 1 < len(batches)
             ahead = more and (max_ahead_bytes is None or sum(map(_decoded_bytes, decoded)) <= max_ahead_bytes)
-            pending = [pool.submit(decode, item) for item in batches[i + 1]] if ahead else []
+            pending = submit(batches[i + 1]) if ahead else []
             yield batch, decoded
             del decoded
             if more and not ahead:
-                pending = [pool.submit(decode, item) for item in batches[i + 1]]
+                pending = submit(batches[i + 1])
 
 
 def _decoded_bytes(dec) -> int:
@@ -152,6 +161,7 @@ class Worker:
         self.failures: list[dict] = []
         self.pending: dict[str, list[tuple[str, ClipFeatures]]] = defaultdict(list)
         self.interrupt = InterruptFlag()     # replaced by a live one while run() runs
+        self.journal = Journal(self.stores.values(), f"{self.run_id}-{self.writer}")   # clips in flight
 
     def describe(self) -> dict:
         """What the orchestrator needs to plan, as plain data: the extractors in spec order with family,
@@ -183,18 +193,30 @@ class Worker:
     def run(self, clips: list[ClipRecord], show_progress: bool = True) -> None:
         from pipeline.batching import chunks, plan_passes
 
-        passes = plan_passes(clips, self.extractors, self.cfg.runtime)
-        with deferred_sigint() as self.interrupt, \
-                progress(total=sum(len(recs) for recs, _ in passes), desc="extract", unit="clip",
-                         enabled=show_progress) as bar:
-            for recs, size in passes:
-                for chunk, decoded in prefetch_batches(chunks(recs, size), self._decode_guarded,
-                                                       self.cfg.media.decode_workers,
-                                                       self.cfg.media.decode_ahead_mb * (1 << 20)):
-                    self._process(chunk, decoded)
-                    decoded.clear()   # free this batch's frames and audio before the next is decoded
-                    bar.update(len(chunk))
-            self.flush(force=True)
+        # Clips an earlier run died with in flight go first, one at a time, each committed before the next
+        # starts: if one kills this run too, the journal names it alone (pipeline/inflight.py).
+        suspects = [plan_passes([r], self.extractors, self.cfg.runtime) for r in clips if r.kills]
+        passes = plan_passes([r for r in clips if not r.kills], self.extractors, self.cfg.runtime)
+        try:
+            with deferred_sigint() as self.interrupt, \
+                    progress(total=sum(len(recs) for p in [passes, *suspects] for recs, _ in p), desc="extract",
+                             unit="clip", enabled=show_progress) as bar:
+                for recs, _ in (item for p in suspects for item in p):
+                    self.journal.add(recs)
+                    self._process(recs)
+                    self.flush(force=True)
+                    bar.update(len(recs))
+                for recs, size in passes:
+                    for chunk, decoded in prefetch_batches(chunks(recs, size), self._decode_guarded,
+                                                           self.cfg.media.decode_workers,
+                                                           self.cfg.media.decode_ahead_mb * (1 << 20),
+                                                           before=self.journal.add):
+                        self._process(chunk, decoded)
+                        decoded.clear()   # free this batch's frames and audio before the next is decoded
+                        bar.update(len(chunk))
+                self.flush(force=True)
+        finally:   # ended by Python (an error included): nothing in flight killed the process
+            self.journal.clear()
 
     def _decode_guarded(self, rec: ClipRecord):
         needs = set().union(*(self.extractors[k].needs for k in rec.missing)) if rec.missing else set()
@@ -357,6 +379,9 @@ class Worker:
                 self.interrupt.check()
                 self.store_of(key).write_segment(key, self.fp[key], items, writer=self.writer)
                 self.pending[key] = []
+                for cid, _ in items:
+                    self.journal.done(cid, key)
+                self.journal.sync()
         if force and self.failures:
             self.interrupt.check()
             by_family: dict[str, list[dict]] = defaultdict(list)
@@ -369,6 +394,7 @@ class Worker:
         self.interrupt.check()   # e.g. ffmpeg killed by the same Ctrl-C: not the clip's fault
         msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         self.stats[key].failed += 1
+        self.journal.done(rec.clip_id, key)
         self.failures.append({"clip_id": rec.clip_id, "dataset": rec.dataset, "path": rec.media,
                               "extractor": key, "stage": stage, "error": msg})
         log.warning("clip %s (%s) failed in %s/%s: %s", rec.clip_id, rec.media or "text", key, stage, msg)

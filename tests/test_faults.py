@@ -2,7 +2,9 @@
 
 - A store write that fails (ENOSPC injected after N segments, and a real tiny tmpfs) stops the run
   loudly, naming the store; every clip committed before stays readable and equal to a clean run;
-  the rerun completes the rest. (SIGKILL mid-run: tests/test_crash.py.)
+  the rerun completes the rest. (SIGKILL mid-run: tests/test_crash.py; a clip killing the run: test_kills.py.)
+- The store deleted (or its segments removed) mid-run fails the run (StoreGoneError, exit 4), naming the
+  store and how many of the clips this run committed are gone.
 - Safe loading: torch.load always with weights_only=True, no shell, no pickle of data; a hash pinned in
   weights.sha256 is checked through a real extractor load, before the file is parsed.
 """
@@ -327,3 +329,59 @@ def test_pinned_sha256_for_a_wheel_checkpoint(make_config):
         ReidEmbedder(torch.device("cpu"), "fp32", 4, make_config(weights={"sha256": {path.name: "ab" * 32}}))
     ok = ReidEmbedder(torch.device("cpu"), "fp32", 4, make_config(weights={"sha256": {path.name: sha256_file(path)}}))
     assert ok.weights.sha256 == sha256_file(path)
+
+
+# ---------------------------------------------------------------- the store deleted mid-run
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_store_deleted_mid_run_fails_naming_the_store_and_the_clips_lost(tmp_path, shared_data, reference,
+                                                                        monkeypatch, fmt):
+    from pipeline.errors import StorageError
+    from pipeline.store import HDF5Backend
+    from pipeline.store_view import StoreGoneError
+
+    raw = _raw(tmp_path, shared_data, tmp_path / "cache")
+    raw["store"]["format"] = fmt
+    cfg = Config.model_validate(raw)
+    backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
+    real_write = backend.write_segment
+    calls = {"n": 0}
+
+    def write_then_delete(self, path, arrays, doc):
+        real_write(self, path, arrays, doc)
+        calls["n"] += 1
+        if calls["n"] == GOOD_SEGMENTS:        # someone removes the whole store; the run writes on
+            shutil.rmtree(cfg.path(cfg.store.dir))
+
+    monkeypatch.setattr(backend, "write_segment", write_then_delete)
+    with pytest.raises(StoreGoneError) as err:
+        extract(cfg, ["rav"], show_progress=False)
+    assert isinstance(err.value, StorageError) and err.value.exit_code == 4
+    ext = "zarr" if fmt == "zarr" else "h5store"
+    msg = str(err.value)
+    # every clip of the run counts: the extractor metadata went with the store, so no row there is trusted
+    assert f"store {tmp_path / 'cache' / f'audio.{ext}'} was deleted or replaced" in msg
+    assert f"{N_CLIPS * len(KEYS)} of the {N_CLIPS * len(KEYS)} clip row sets" in msg
+    assert calls["n"] == N_CLIPS * len(KEYS)       # it did write on: the loss shows only at the check
+
+    monkeypatch.setattr(backend, "write_segment", real_write)    # the rerun rebuilds the store and passes
+    s = extract(cfg, ["rav"], show_progress=False)
+    assert s.failures == [] and all(s.stats[k].done + s.stats[k].skipped == N_CLIPS for k in KEYS)
+
+
+def test_clips_missing_after_the_run_are_counted(tmp_path, shared_data, reference, monkeypatch):
+    """The store stays, but committed segments vanish (e.g. a sync tool removing files): the count is exact."""
+    from pipeline.store_view import StoreGoneError
+
+    cfg = Config.model_validate(_raw(tmp_path, shared_data, tmp_path / "cache"))
+    real_write = ZarrBackend.write_segment
+    written: list[str] = []
+
+    def write_then_drop_first(self, path, arrays, doc):
+        real_write(self, path, arrays, doc)
+        written.append(path)
+        if len(written) == GOOD_SEGMENTS:
+            shutil.rmtree(Path(self.root_path) / written[0])     # one segment = one clip (flush_clips 1)
+
+    monkeypatch.setattr(ZarrBackend, "write_segment", write_then_drop_first)
+    with pytest.raises(StoreGoneError, match=rf"1 of the {N_CLIPS * len(KEYS)} clip row sets"):
+        extract(cfg, ["rav"], show_progress=False)

@@ -300,3 +300,26 @@ def test_ray_load_error_is_the_local_one(ray_cluster, work):
     while named_actors() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert named_actors() == []   # the actors that failed to load were released
+
+
+def test_more_actors_than_the_cluster_can_place_fail_after_the_start_timeout(ray_cluster, work):
+    """3 CPUs per actor on a 2-CPU cluster: never placeable. Ray would wait forever; the run fails after
+    runtime.ray_start_timeout_s, naming what each actor asks and what the cluster has, and frees the actors."""
+    from pipeline.errors import UsageError
+    from pipeline.executors.ray_cluster import RayStartTimeout, named_actors
+
+    c = _config(work, str(work / "unplaceable"), executor="ray")
+    cfg = c.model_copy(update={"runtime": c.runtime.model_copy(update={"ray_cpus_per_worker": 3.0,
+                                                                        "ray_start_timeout_s": 2.0})})
+    t0 = time.monotonic()
+    with pytest.raises(RayStartTimeout) as err:
+        extract(cfg, show_progress=False)
+    assert time.monotonic() - t0 < 60
+    msg = str(err.value)
+    assert isinstance(err.value, UsageError)
+    assert "2 of 2 Ray worker(s) did not start within runtime.ray_start_timeout_s = 2 s" in msg
+    assert "each asks CPU 3, GPU 0" in msg and "the cluster has CPU 2" in msg, msg
+    deadline = time.monotonic() + 10   # ray.kill is asynchronous
+    while named_actors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert named_actors() == []

@@ -5,7 +5,8 @@ The driver (this process) never loads a model. start()
   2. starts `runtime.ray_workers` actors, spread over the nodes; each builds a Worker (extractors loaded
      once per actor, a distinct `writer` name so segment names never collide), reserving
      `ray_cpus_per_worker` CPUs and, when the cluster has GPUs and runtime.device != cpu,
-     `ray_gpus_per_worker` GPUs,
+     `ray_gpus_per_worker` GPUs; actors not all started within `ray_start_timeout_s` (e.g. more than the
+     cluster can place, which Ray would wait on forever) fail the run, naming the resources asked and the cluster's,
   3. asks the actors for their fingerprints (all must agree: same weights on every node).
 The orchestrator (pipeline/extract.py) then deletes segments an interrupted run left uncommitted and plans
 what is missing, both before any actor writes. run()
@@ -25,6 +26,7 @@ import os
 from collections import defaultdict
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import UsageError
 from pipeline.progress import progress
 from pipeline.executors.base import Executor
 from pipeline.store_view import StoreView
@@ -121,8 +123,20 @@ def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[li
     # SPREAD: one actor per node before a second one anywhere (each node decodes and extracts)
     actors = [cls.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", max_restarts=0, scheduling_strategy="SPREAD", **res)
               .remote(cfg, specs, f"ray{i}", run_id) for i in range(max(1, cfg.runtime.ray_workers))]
+    refs = [a.describe.remote() for a in actors]
     try:
-        described = ray.get([a.describe.remote() for a in actors])
+        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=cfg.runtime.ray_start_timeout_s)
+        if waiting:
+            raise RayStartTimeout(f"{len(waiting)} of {len(actors)} Ray worker(s) did not start within "
+                                  f"runtime.ray_start_timeout_s = {cfg.runtime.ray_start_timeout_s:g} s: each asks "
+                                  f"{_asked(res)}; the cluster has {_amounts(ray.cluster_resources())} "
+                                  f"({_amounts(ray.available_resources())} free). Lower runtime.ray_workers or "
+                                  f"ray_cpus_per_worker / ray_gpus_per_worker, or add nodes")
+        described = ray.get(refs)
+    except RayStartTimeout:
+        for a in actors:
+            ray.kill(a)
+        raise
     except Exception as e:
         for a in actors:
             ray.kill(a)
@@ -137,6 +151,20 @@ def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[li
                            f"{hosts}. Put the same weight files on every node.")
     log.info("ray: %d worker(s) %s", len(actors), ", ".join(_where(d) for d in described))
     return actors, described
+
+
+class RayStartTimeout(UsageError):
+    """The cluster cannot place (or start) the actors asked for within runtime.ray_start_timeout_s."""
+
+
+def _asked(res: dict) -> str:
+    return ", ".join(f"{k[4:-1].upper()} {v:g}" for k, v in res.items())      # num_cpus -> CPU
+
+
+def _amounts(res: dict) -> str:
+    shown = {k: v for k, v in res.items() if k in ("CPU", "GPU") or not k.startswith(("node:", "memory",
+                                                                                     "object_store_memory"))}
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(shown.items())) or "no resources"
 
 
 def _where(described: dict) -> str:
@@ -154,6 +182,7 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
     queue.reverse()  # pop() from the end = in order
     total = Outcome()
     lost: list[dict] = []
+    dead: list[tuple[list[ClipRecord], str]] = []   # chunks whose actor died, and why
     running: dict = {}  # ObjectRef -> (actor, chunk)
     idle = list(actors)
     with progress(total=len(todo), desc="extract (ray)", unit="clip", enabled=show_progress) as bar:
@@ -162,8 +191,7 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
                 a, chunk = idle.pop(), queue.pop()
                 running[a.process.remote(chunk)] = (a, chunk)
             if not running:  # every actor died: the rest waits for the next run
-                for chunk in queue:
-                    lost += _lost_rows(view, chunk, total.stats, "no live Ray worker left")
+                dead += [(chunk, "no live Ray worker left") for chunk in queue]
                 break
             done, _ = ray.wait(list(running), num_returns=1)
             a, chunk = running.pop(done[0])
@@ -171,14 +199,17 @@ def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: St
                 total.add(ray.get(done[0]))
             except ray.exceptions.RayActorError as e:   # the actor's process or its whole node is gone
                 log.error("Ray worker died while processing %d clip(s): %s", len(chunk), _first_line(e))
-                lost += _lost_rows(view, chunk, total.stats, f"Ray worker died: {_first_line(e)}")
+                dead.append((chunk, f"Ray worker died: {_first_line(e)}"))
             except Exception as e:  # the chunk raised outside the per-clip isolation (e.g. storage error)
                 log.error("Ray worker failed on %d clip(s): %s", len(chunk), _first_line(e))
-                lost += _lost_rows(view, chunk, total.stats, f"{type(e).__name__}: {_first_line(e)}")
+                dead.append((chunk, f"{type(e).__name__}: {_first_line(e)}"))
                 idle.append(a)
             else:
                 idle.append(a)
             bar.update(len(chunk))
+    # Asked only now: a dead actor's process can outlive its node's raylet briefly and commit its chunk.
+    for chunk, why in dead:
+        lost += _lost_rows(view, chunk, total.stats, why)
     if lost:
         by_family: dict[str, list[dict]] = defaultdict(list)
         for row in lost:
