@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-dvc", action="store_true", help="skip the dvc status column")
+    ap.add_argument("--verify-index", action="store_true",
+                    help="open as the default store.trust_index: false does (each indexed segment's arrays checked)")
     ap.add_argument("--flush", type=int, default=StoreConfig().flush_clips,
                     help="clips per segment (store.flush_clips; more = fewer segments = a faster write)")
     args = ap.parse_args()
@@ -153,7 +155,7 @@ def main() -> None:
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)
-            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush)
+            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush, trust_index=not args.verify_index)
             t0 = time.perf_counter()
             ids = write_stores(tmp, n, cfg)
             t_write = time.perf_counter() - t0

@@ -217,5 +217,5 @@ def _load(root: str, store_cfg: StoreConfig, storage_options: Optional[dict], re
         path = f"{root}/{s['path']}"
         if _exists(path, storage_options):   # opening a Zarr store creates it: never for a reader
             by_family[fam] = FeatureStore(path, s["format"], store_cfg.compressor, store_cfg.chunk_mb,
-                                          storage_options, store_cfg.remote_gc_age_s)
+                                          storage_options, store_cfg.remote_gc_age_s, store_cfg.trust_index)
     return {k: by_family[f] for k, f in doc["keys"].items() if f in by_family}, by_family

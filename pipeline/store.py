@@ -125,8 +125,9 @@ class StoreWriteError(StorageError, OSError):
 class FeatureStore:
     def __init__(self, root: str | os.PathLike, fmt: str = "zarr", compressor: str = "none",
                  chunk_mb: float = 8.0, storage_options: Optional[dict] = None,
-                 remote_gc_age_s: Optional[float] = None):
+                 remote_gc_age_s: Optional[float] = None, trust_index: Optional[bool] = None):
         self.root = str(root)
+        self.trust_index = StoreConfig().trust_index if trust_index is None else trust_index
         self.remote_gc_age_s = StoreConfig().remote_gc_age_s if remote_gc_age_s is None else remote_gc_age_s
         # (key, fingerprint) -> {segment: why it cannot be trusted}; filled while indexing
         self.broken: dict[tuple[str, str], dict[str, str]] = {}
@@ -143,7 +144,7 @@ class FeatureStore:
         if storage_options is None:  # params' store.storage_options (s3 endpoint etc.)
             storage_options = dict(store_cfg.storage_options) or None
         st = cls(store_path(store_cfg, base, family), store_cfg.format, store_cfg.compressor,
-                 store_cfg.chunk_mb, storage_options, store_cfg.remote_gc_age_s)
+                 store_cfg.chunk_mb, storage_options, store_cfg.remote_gc_age_s, store_cfg.trust_index)
         # a writer's store: list it (and, in set_current, its keys) in the catalog at the store.dir root
         st.catalog = (catalog_root(store_cfg, base), family, storage_options)
         record(st.catalog[0], family, st.name, st.format, storage_options=storage_options,
@@ -240,6 +241,10 @@ class FeatureStore:
         segments it does not know yet, which are read, checked and folded into it (best effort)."""
         names = self._segment_names(key, fp)
         known, trusted = self._load_index(key, fp, names)
+        if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check them too
+            checked = self._verified(key, fp, known)
+            trusted = trusted and len(checked) == len(known)   # drop the broken ones from the blob
+            known = checked
         committed, pending = self._segment_docs(key, fp, [s for s in names if s not in known])
         fresh = self._verified(key, fp, committed)
         committed = {**known, **fresh}

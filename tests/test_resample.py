@@ -42,7 +42,7 @@ def test_resampler_is_in_audio_fingerprints_not_in_text(make_config):
         ex.load()
         fps = set()
         for r, cfg in cfgs.items():
-            ex.cfg = cfg            # same loaded extractor, only the decode setting differs
+            ex.settings = cfg.extractor_settings()   # same loaded extractor, only the decode setting differs
             fps.add(ex.fingerprint())
             assert ex.metadata()["params"]["resampler"] == r
         assert len(fps) == len(RESAMPLERS), spec
