@@ -128,3 +128,21 @@ def ffmpeg_trace(tmp_path, monkeypatch):
         pytest.skip(why)
     monkeypatch.setattr(media, "ffmpeg_exe", lambda: trace.wrapper)
     return trace
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint, like MinIO); stopped afterwards."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -192,20 +192,6 @@ def reference(work) -> FeatureStore:
     return FeatureStore(work / "local" / "audio.zarr")
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 def _committed(st: FeatureStore, key: str) -> dict[str, list[str]]:
     """Committed segment -> its clip ids."""
     fp = st.current_fingerprint(key)

@@ -5,7 +5,6 @@ import collections
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -83,26 +82,6 @@ def _assert_same_store(st: FeatureStore, ref: FeatureStore) -> None:
 def _committed_ids(st: FeatureStore, key: str) -> list[str]:
     committed, _ = st.segments(key, st.current_fingerprint(key))
     return [c for doc in committed.values() for c in doc["clip_ids"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint, like MinIO); stopped afterwards."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    yield url
-    server.stop()
 
 
 def _bucket(endpoint: str, name: str) -> None:
