@@ -52,6 +52,8 @@ ray.init(address=cfg.runtime.ray_address, logging_level="ERROR", log_to_driver=F
 deadline = time.monotonic() + float(sys.argv[2])
 while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
     time.sleep(0.2)
+if sum(n["Alive"] for n in ray.nodes()) < 2:   # fail now, not after the actors' start timeout
+    sys.exit(f"only {sum(n['Alive'] for n in ray.nodes())} Ray node(s) alive after {sys.argv[2]} s")
 nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
 s = extract(cfg, show_progress=False)
 open(sys.argv[4], "w").write(json.dumps({"nodes": nodes, "failures": s.failures,
@@ -125,7 +127,7 @@ class TwoNodeCluster:
         p = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), str(NODE_TIMEOUT_S), LOOPBACK,
                               str(path.with_suffix(".out"))], env=self.env, cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-        return {"proc": p, "out": path.with_suffix(".out")}
+        return {"proc": p, "out": path.with_suffix(".out"), "logs": sorted(self.tmp.glob("*.log"))}
 
     def stop(self) -> None:
         mine = set()
@@ -148,7 +150,8 @@ class TwoNodeCluster:
 
 def _result(run: dict, timeout: float = 180) -> dict:
     out, err = run["proc"].communicate(timeout=timeout)
-    assert run["proc"].returncode == 0, f"driver failed:\n{out}\n{err[-4000:]}"
+    nodes = "".join(f"\n--- {p.name}:\n{p.read_text()[-1500:]}" for p in run["logs"])   # why a node is missing
+    assert run["proc"].returncode == 0, f"driver failed:\n{out}\n{err[-4000:]}{nodes}"
     return json.loads(run["out"].read_text())
 
 
