@@ -41,13 +41,15 @@ def evaluate_experiment(cfg: Config, name: str, models_dir: str | Path = "models
                             f"predicts {head.vocab}: retrain")
     keys = list(head.doc["modalities"])
     stores = open_stores(cfg, keys)
-    data = load_head_data(table, head.vocab, head.doc["multilabel"], stores, exp.max_frames)
+    data = load_head_data(table, head.vocab, head.doc["multilabel"], stores, exp.max_frames,
+                          stream_over_bytes=cfg.store.stream_over_mb * 2**20,
+                          prefetch_batches=cfg.store.prefetch_batches)   # a split too big for memory: streamed
     if split is None:
         split = next((s for s in EVAL_ORDER if data.has(s)), None)
     if split is None or not data.has(split):
         raise EvaluateError(f"split {split!r} has no clips in dataset {exp.dataset!r}")
     idx = data.splits[split]
-    probs = np.asarray(head.predict_proba(data.inputs(idx, keys)))
+    probs = np.asarray(data.batched(head.predict_proba, idx, keys, exp.train.eval_batch_size))
     tuned = head.thresholds if head.doc.get("thresholds") is not None else None   # val-tuned, per class
     m = score_split(data, split, probs, exp.train.threshold, tuned)   # what train scored each seed with
     flags = pretrained_flags(stores, keys)

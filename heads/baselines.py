@@ -37,16 +37,20 @@ class LogRegHead(HeadKind):
     def fit(cls, exp: ExperimentConfig, data: HeadData, keys: list[str], seed: int,
             device: torch.device) -> "LogRegHead":
         t0 = time.perf_counter()
-        head = cls(exp.logreg, data.multilabel, data.n_classes, seed).fit_arrays(
-            data.inputs(data.splits["train"], keys), truth(data, "train"))
+        # pooled batch by batch when the split is streamed: only the (N, sum D) means are ever in memory
+        x = data.batched(mean_pooled, data.splits["train"], keys, exp.train.eval_batch_size)
+        head = cls(exp.logreg, data.multilabel, data.n_classes, seed).fit_pooled(x, truth(data, "train"))
         head.record = FitRecord(seconds=time.perf_counter() - t0)
         return head
 
     def fit_arrays(self, inputs: Inputs, y: np.ndarray) -> "LogRegHead":
+        return self.fit_pooled(mean_pooled(inputs), y)
+
+    def fit_pooled(self, x: np.ndarray, y: np.ndarray) -> "LogRegHead":
+        """x: (N, sum D) mean-pooled rows (mean_pooled)."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        x = mean_pooled(inputs)
         scaler = StandardScaler().fit(x)
         self.mean, self.scale = scaler.mean_, scaler.scale_
         xs = scaler.transform(x)

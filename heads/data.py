@@ -118,6 +118,19 @@ class HeadData:
 
         return prefetched(batches, lambda b: self.inputs(b, keys), self.meta.get("prefetch_batches", 0))
 
+    def batched(self, fn, idx, keys: list[str], batch_size: int):
+        """fn(inputs) over the clips idx, concatenated in order: one call on the whole split when it is in memory,
+        else one call per `batch_size` clips streamed from the store (prefetched). fn gives per-clip rows (numpy or
+        torch); with batch_size = the head's own eval batch size both paths run the same forward passes, so the
+        results are bit-identical."""
+        import torch
+
+        idx = torch.as_tensor(idx)
+        if not self.streamed(keys) or len(idx) == 0:
+            return fn(self.inputs(idx, keys))
+        parts = [fn(inputs) for inputs in self.stream(list(torch.split(idx, max(1, batch_size))), keys)]
+        return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
     def input_stats(self, key: str, idx, chunk: int) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Mean/std over the valid rows of `key` for clips idx (heads.models.input_stats), read `chunk` clips at
         a time when the modality is streamed (float64 sums: the whole split is never in memory)."""

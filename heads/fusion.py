@@ -82,7 +82,8 @@ class LateFusionHead(HeadKind):
 
         part = head_kind(cls.part_kind)
         parts = {k: part.fit(exp, data, [k], seed, device) for k in keys}
-        val_probs = [parts[k].predict_proba(data.inputs(data.splits["val"], [k])) for k in keys] \
+        val_probs = [data.batched(parts[k].predict_proba, data.splits["val"], [k], exp.train.eval_batch_size)
+                     for k in keys] \
             if data.has("val") else None
         val_y = truth(data, "val") if val_probs is not None else None
         metric = probability_metric(exp.train, data.multilabel)   # fused probabilities have no training loss

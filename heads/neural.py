@@ -98,7 +98,7 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
     has_val = data.has("val")
     if has_val:
         val_idx = data.splits["val"]
-        val_inputs = data.inputs(val_idx, keys)
+        val_inputs = None if streamed else data.inputs(val_idx, keys)   # streamed: read per eval batch
         val_targets = data.targets(val_idx).to(device)
         val_y = truth(data, "val")
         metric = select_metric(tc, data.multilabel)
@@ -125,7 +125,9 @@ def fit_neural(kind: str, exp: ExperimentConfig, data: HeadData, keys: list[str]
                 total += loss.detach() * len(b)   # no host sync per step
             row = {"epoch": epoch, "train_loss": float(total) / n}
             if has_val and (epoch % tc.eval_every == 0 or epoch == epochs):
-                logits = predict_logits(model, val_inputs, tc.eval_batch_size, device)
+                logits = (data.batched(lambda i: predict_logits(model, i, tc.eval_batch_size, device), val_idx, keys,
+                                       tc.eval_batch_size) if streamed
+                          else predict_logits(model, val_inputs, tc.eval_batch_size, device))
                 val_loss = float(loss_fn(logits, val_targets))
                 probs = probabilities(logits, data.multilabel).cpu().numpy()
                 score = -val_loss if metric == "loss" else selection_score(metric, data.multilabel, val_y, probs,

@@ -53,7 +53,8 @@ class SeedRun:
 def run_seed(kind: str, exp: ExperimentConfig, data: HeadData, seed: int, device: torch.device) -> SeedRun:
     keys = list(exp.modalities)
     head = head_kind(kind).fit(exp, data, keys, seed, device)
-    probs = {s: head.predict_proba(data.inputs(data.splits[s], keys)) for s in ("train", *EVAL_SPLITS) if data.has(s)}
+    probs = {s: data.batched(head.predict_proba, data.splits[s], keys, exp.train.eval_batch_size)
+             for s in ("train", *EVAL_SPLITS) if data.has(s)}
     return SeedRun(seed, probs, head.state(), head.record)
 
 

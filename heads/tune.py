@@ -175,5 +175,7 @@ def tune_experiment(cfg, exp: ExperimentConfig, name: str, stores: Mapping[str, 
     """`emocache tune`: like heads.train.run_experiment, with the search in front."""
     from heads.data import load_head_data, pretrained_flags
 
-    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames)
+    data = load_head_data(clip_table, vocab, multilabel, {k: stores[k] for k in exp.modalities}, exp.max_frames,
+                          stream_over_bytes=cfg.store.stream_over_mb * 2**20,
+                          prefetch_batches=cfg.store.prefetch_batches)   # as run_experiment: streamed by size
     return tune_on_data(exp, data, out_dir, trials, name=name, pretrained=pretrained_flags(stores, exp.modalities))

@@ -36,8 +36,8 @@ class StoreConfig(Strict):
     # Object storage has no locks: an uncommitted segment there is collected only once older than this
     # (a live writer commits a segment within seconds; local stores use a writer lock instead).
     remote_gc_age_s: float = 3600.0
-    # Training reads a split into memory unless its padded tensors would exceed this; then minibatches are
-    # streamed from the store, `prefetch_batches` read ahead on a thread (pipeline/stream.py).
+    # train, tune and evaluate read a dataset into memory unless its padded tensors would exceed this; then
+    # minibatches are streamed from the store, `prefetch_batches` read ahead on a thread (pipeline/stream.py).
     stream_over_mb: float = 4096.0
     # false: every open also checks each indexed segment's arrays (row counts), so a segment damaged after it
     # was indexed is reported and re-extracted. true: trust the consolidated index (one read per key: the fast

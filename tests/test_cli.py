@@ -277,6 +277,26 @@ def test_evaluate_reproduces_train_metrics(project, trained, tmp_path):
     assert missing.exit_code == 2 and "no checkpoint" in missing.stderr
 
 
+def test_evaluate_streams_a_split_above_stream_over_mb(project, trained, monkeypatch):
+    """Above store.stream_over_mb (a tiny threshold here) evaluate reads the split in eval batches from the store,
+    never the whole table at once: the same metrics, bit for bit."""
+    from emocache.config import load_config
+    from emocache.evaluate import evaluate_experiment
+    from heads.data import StoreModality
+
+    reads: list[int] = []
+    read = StoreModality.read
+    monkeypatch.setattr(StoreModality, "read", lambda self, idx: reads.append(len(idx)) or read(self, idx))
+    p = project / "params.yaml"
+    mem = evaluate_experiment(load_config(p), "rav_egemaps", project / "models")
+    assert reads == []
+    streamed = evaluate_experiment(load_config(p, {"store": {"stream_over_mb": 1e-6}}), "rav_egemaps",
+                                   project / "models")
+    # only the evaluated split is read (15 of 30 clips), in batches of the checkpoint's train.eval_batch_size (256)
+    assert reads == [mem["n_clips"]] == [15]
+    assert streamed == mem
+
+
 # ---------------------------------------------------------------- predict
 def test_predict_audio_head_segments_and_cache(project, trained, tmp_path):
     p = project / "params.yaml"

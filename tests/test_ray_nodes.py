@@ -1,5 +1,7 @@
 """A real second Ray node: a head and a worker node started with `ray start` as separate processes
-(loopback only, one CPU each, so one extraction actor lands on each), the driver a third process, like
+(loopback only, one CPU each, so one extraction actor lands on each; the second node advertises a GPU, as
+`--num-gpus 1` does without CUDA: its actor asks for it, the head's does not, and the GPU actor says it runs on
+the CPU), the driver a third process, like
 an operator's `emocache extract` with RAY_ADDRESS set. Extraction runs across both nodes into one store
 (a local directory, then moto's s3:// server); the second node's raylet and its workers are killed mid-run (SIGKILL: the
 node is lost with its actor). The run loses only the dead node's uncommitted clips, recorded in the
@@ -45,16 +47,16 @@ import json, sys, time
 import ray
 from emocache.config import Config
 from pipeline.extract import extract
-from pipeline.executors.ray_cluster import actor_resources
 cfg = Config.model_validate(json.load(open(sys.argv[1])))
 ray.init(address=cfg.runtime.ray_address, logging_level="ERROR", log_to_driver=False, _node_ip_address=sys.argv[3])
 deadline = time.monotonic() + float(sys.argv[2])
 while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
     time.sleep(0.2)
+if sum(n["Alive"] for n in ray.nodes()) < 2:   # fail now, not after the actors' start timeout
+    sys.exit(f"only {sum(n['Alive'] for n in ray.nodes())} Ray node(s) alive after {sys.argv[2]} s")
 nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
-res = actor_resources(cfg)
 s = extract(cfg, show_progress=False)
-open(sys.argv[4], "w").write(json.dumps({"nodes": nodes, "resources": res, "failures": s.failures,
+open(sys.argv[4], "w").write(json.dumps({"nodes": nodes, "failures": s.failures,
                                          "workers": s.workers, "stats": {k: vars(v) for k, v in s.stats.items()}}))
 ray.shutdown()
 """
@@ -86,10 +88,10 @@ class TwoNodeCluster:
         self._start(["--head", f"--port={self.port}", f"--temp-dir={tmp}", "--include-dashboard=false",
                      f"--dashboard-port={_free_port()}"], {"emocache_node_a": 1}, "head")
 
-    def _start(self, args: list[str], resources: dict, name: str) -> tuple[subprocess.Popen, int]:
+    def _start(self, args: list[str], resources: dict, name: str, gpus: int = 0) -> tuple[subprocess.Popen, int]:
         manager_port = _free_port()
         worker_ports = _free_port()
-        cmd = [str(RAY), "start", *args, f"--node-ip-address={LOOPBACK}", "--num-cpus=1", "--num-gpus=0",
+        cmd = [str(RAY), "start", *args, f"--node-ip-address={LOOPBACK}", "--num-cpus=1", f"--num-gpus={gpus}",
                f"--resources={json.dumps(resources)}", "--object-store-memory=80000000",
                f"--node-manager-port={manager_port}", f"--object-manager-port={_free_port()}",
                f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
@@ -102,7 +104,8 @@ class TwoNodeCluster:
         return p, manager_port
 
     def start_second(self) -> None:
-        self.second, self.second_port = self._start([f"--address={self.address}"], {"emocache_node_b": 1}, "second")
+        self.second, self.second_port = self._start([f"--address={self.address}"], {"emocache_node_b": 1}, "second",
+                                                    gpus=1)   # advertised; this machine need not have CUDA
 
     def kill_second_raylet(self) -> int:
         """SIGKILL the second node's raylet and its worker processes at once, as when the machine is lost: the
@@ -124,7 +127,7 @@ class TwoNodeCluster:
         p = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), str(NODE_TIMEOUT_S), LOOPBACK,
                               str(path.with_suffix(".out"))], env=self.env, cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-        return {"proc": p, "out": path.with_suffix(".out")}
+        return {"proc": p, "out": path.with_suffix(".out"), "logs": sorted(self.tmp.glob("*.log"))}
 
     def stop(self) -> None:
         mine = set()
@@ -147,7 +150,8 @@ class TwoNodeCluster:
 
 def _result(run: dict, timeout: float = 180) -> dict:
     out, err = run["proc"].communicate(timeout=timeout)
-    assert run["proc"].returncode == 0, f"driver failed:\n{out}\n{err[-4000:]}"
+    nodes = "".join(f"\n--- {p.name}:\n{p.read_text()[-1500:]}" for p in run["logs"])   # why a node is missing
+    assert run["proc"].returncode == 0, f"driver failed:\n{out}\n{err[-4000:]}{nodes}"
     return json.loads(run["out"].read_text())
 
 
@@ -239,10 +243,21 @@ def test_second_node_lost_mid_run_loses_only_its_uncommitted_clips(cluster, work
         cluster.start_second()
     first = _result(run)
     assert killed, f"the run ended before both nodes had committed: {first}"
-    assert first["resources"] == {"num_cpus": 1.0, "num_gpus": 0}   # no node has a GPU: no actor asks for one
     node_of = {w["writer"]: first["nodes"][w["node"]] for w in first["workers"]}   # writer -> node manager port
     assert len(set(node_of.values())) == 2 and lost_port in node_of.values(), node_of   # one per node
     lost_writer = next(w for w, port in node_of.items() if port == lost_port)
+    # GPU per node: the second node's actor asks the GPU that node advertises, the head's (no GPU) asks none
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for w in first["workers"]:
+        on_gpu_node = w["writer"] == lost_writer
+        assert w["resources"] == {"num_cpus": 1.0, "num_gpus": 1.0 if on_gpu_node else 0}, w
+        assert w["gpu_ids"] == (["0"] if on_gpu_node else []), w
+        if on_gpu_node and not cuda:   # given a GPU torch cannot use: told so, extracts on the CPU
+            assert w["device"] == "cpu" and "torch sees no CUDA device" in w["note"], w
+        elif not on_gpu_node:
+            assert w["device"] == "cpu" and w["note"] == "", w   # no GPU given: told cpu explicitly
 
     lost = [f for f in first["failures"] if f["stage"] == LOST]
     assert lost and len(lost) == len(first["failures"]) and all("died" in f["error"] for f in lost), first

@@ -250,19 +250,42 @@ def test_killed_ray_worker_loses_only_uncommitted_clips_and_rerun_completes(ray_
         assert st.segments(key, st.current_fingerprint(key))[1] == []  # the dead worker's leftovers are gone
 
 
-def test_gpu_actors_request_gpus_only_when_the_cluster_has_them(ray_cluster, work, monkeypatch):
-    from pipeline.executors.ray_cluster import actor_resources
+def test_gpu_actors_request_gpus_only_on_nodes_that_have_them(work):
+    """plan_actors: on a mixed cluster the actors on GPU nodes ask a GPU and those on CPU-only nodes do not;
+    each node takes as many actors as its resources hold; device: cpu never asks a GPU, device: cuda uses the
+    GPU nodes only. (tests/test_ray_nodes.py checks the same on a real two-node cluster.)"""
+    from pipeline.executors.ray_cluster import actor_device, actor_resources, plan_actors
 
-    def cfg(device):
+    def cfg(device, workers=4):
         c = _config(work, str(work / "unused"), executor="ray")
-        return c.model_copy(update={"runtime": c.runtime.model_copy(update={"device": device, "ray_gpus_per_worker": 0.5,
-                                                                            "ray_cpus_per_worker": 2.0})})
+        return c.model_copy(update={"runtime": c.runtime.model_copy(update={
+            "device": device, "ray_gpus_per_worker": 0.5, "ray_cpus_per_worker": 2.0, "ray_workers": workers})})
 
-    assert actor_resources(cfg("auto")) == {"num_cpus": 2.0, "num_gpus": 0}      # this cluster: CPUs only
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 32.0, "GPU": 4.0})
-    assert actor_resources(cfg("auto")) == {"num_cpus": 2.0, "num_gpus": 0.5}
-    assert actor_resources(cfg("cuda")) == {"num_cpus": 2.0, "num_gpus": 0.5}
-    assert actor_resources(cfg("cpu")) == {"num_cpus": 2.0, "num_gpus": 0}      # device: cpu never takes a GPU
+    gpu_node = {"NodeID": "b-gpu", "Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}
+    cpu_node = {"NodeID": "a-cpu", "Alive": True, "Resources": {"CPU": 4.0}}
+    dead = {"NodeID": "0-dead", "Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}
+    mixed = [cpu_node, dead, gpu_node]
+    assert actor_resources(cfg("auto"), cpu_node["Resources"]) == {"num_cpus": 2.0, "num_gpus": 0}
+    assert actor_resources(cfg("auto"), gpu_node["Resources"]) == {"num_cpus": 2.0, "num_gpus": 0.5}
+    assert actor_resources(cfg("cpu"), gpu_node["Resources"]) == {"num_cpus": 2.0, "num_gpus": 0}
+    gpu, cpu = ("b-gpu", {"num_cpus": 2.0, "num_gpus": 0.5}), ("a-cpu", {"num_cpus": 2.0, "num_gpus": 0})
+    # GPU node first, then round-robin; the GPU node holds 2 GPU actors (0.5 each), the CPU node 2 (CPU 4 / 2)
+    assert plan_actors(cfg("auto"), mixed) == [gpu, cpu, gpu, cpu]
+    assert plan_actors(cfg("auto", 3), mixed) == [gpu, cpu, gpu]
+    # device: cpu: no GPU asked anywhere, the GPU node's CPUs hold 4 actors
+    plain = ("b-gpu", {"num_cpus": 2.0, "num_gpus": 0})
+    assert plan_actors(cfg("cpu", 6), mixed) == [plain, cpu, plain, cpu, plain, plain]
+    assert plan_actors(cfg("cuda", 2), mixed) == [gpu, gpu]
+    # more than the cluster holds: the rest is not pinned (Ray keeps it pending; the start timeout reports it)
+    assert plan_actors(cfg("auto", 6), mixed) == [gpu, cpu, gpu, cpu, (None, gpu[1]), (None, cpu[1])]
+    # an actor given a GPU without CUDA (here: torch has none) runs on the CPU and says so; none given: cpu
+    import torch
+
+    if not torch.cuda.is_available():
+        dev, note = actor_device("auto", 0.5)
+        assert dev == "cpu" and "torch sees no CUDA device" in note
+        assert actor_device("cuda", 0.5) == ("cuda", "")   # required: the Worker fails naming runtime.device
+    assert actor_device("auto", 0) == ("cpu", "") and actor_device("cpu", 1) == ("cpu", "")
 
 
 def test_ray_load_error_is_the_local_one(ray_cluster, work):

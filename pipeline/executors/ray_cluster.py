@@ -2,11 +2,14 @@
 
 The driver (this process) never loads a model. start()
   1. connects to Ray (runtime.ray_address / RAY_ADDRESS; none = a local cluster on this machine),
-  2. starts `runtime.ray_workers` actors, spread over the nodes; each builds a Worker (extractors loaded
+  2. starts `runtime.ray_workers` actors, each pinned to one node (plan_actors: spread over the live nodes,
+     GPU nodes first, as many per node as its resources hold); each builds a Worker (extractors loaded
      once per actor, a distinct `writer` name so segment names never collide), reserving
-     `ray_cpus_per_worker` CPUs and, when the cluster has GPUs and runtime.device != cpu,
-     `ray_gpus_per_worker` GPUs; actors not all started within `ray_start_timeout_s` (e.g. more than the
-     cluster can place, which Ray would wait on forever) fail the run, naming the resources asked and the cluster's,
+     `ray_cpus_per_worker` CPUs and, on a node that has GPUs when runtime.device != cpu,
+     `ray_gpus_per_worker` GPUs (a mixed cluster: GPU actors on the GPU nodes, CPU actors on the others; an
+     actor given a GPU that torch cannot use says so and runs on the CPU); actors not all started within
+     `ray_start_timeout_s` (e.g. more than the cluster can place, which Ray would wait on forever) fail the
+     run, naming the resources asked and the cluster's,
   3. asks the actors for their fingerprints (all must agree: same weights on every node).
 The orchestrator (pipeline/extract.py) then deletes segments an interrupted run left uncommitted and plans
 what is missing, both before any actor writes. run()
@@ -24,6 +27,7 @@ import logging
 import math
 import os
 from collections import defaultdict
+from typing import Optional
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import UsageError
@@ -41,10 +45,15 @@ LOST = "worker"                            # failure-table stage of clips whose 
 class ExtractActor:
     """Body of one Ray actor: a Worker that lives as long as the run."""
 
-    def __init__(self, cfg: PipelineConfig, specs: list[str], writer: str, run_id: str):
+    def __init__(self, cfg: PipelineConfig, specs: list[str], writer: str, run_id: str, resources: dict | None = None):
         if cfg.runtime.num_threads == 0:   # 0 = torch default = every core of the node: oversubscribed
             n = max(1, int(cfg.runtime.ray_cpus_per_worker))
             cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"num_threads": n})})
+        self.resources = dict(resources or {})
+        self.device, self.note = actor_device(cfg.runtime.device, self.resources.get("num_gpus", 0))
+        if self.note:
+            log.warning("ray %s: %s", writer, self.note)
+        cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": self.device})})
         # A load error (e.g. MissingWeightsError) is kept and raised by describe(): Ray then hands the
         # driver the original exception instead of an opaque 'actor died in its creation task'.
         self.error: Exception | None = None
@@ -59,7 +68,8 @@ class ExtractActor:
         if self.error is not None:
             raise self.error
         d = self.worker.describe()
-        d["worker"]["node"] = ray.get_runtime_context().get_node_id()
+        d["worker"].update(node=ray.get_runtime_context().get_node_id(), resources=self.resources,
+                           device=self.device, gpu_ids=[str(g) for g in ray.get_gpu_ids()], note=self.note)
         return d
 
     def process(self, clips: list[ClipRecord]) -> Outcome:
@@ -106,30 +116,82 @@ def connect(cfg: PipelineConfig) -> bool:
     return True
 
 
-def actor_resources(cfg: PipelineConfig) -> dict:
-    import ray
-
+def actor_resources(cfg: PipelineConfig, node_resources: dict) -> dict:
+    """What one actor asks on a node offering `node_resources`: GPUs only where that node has them (and
+    runtime.device is not cpu), so a mixed cluster's CPU-only nodes still take actors."""
     rt = cfg.runtime
-    gpus = ray.cluster_resources().get("GPU", 0) if rt.device != "cpu" else 0
-    return {"num_cpus": rt.ray_cpus_per_worker, "num_gpus": rt.ray_gpus_per_worker if gpus > 0 else 0}
+    gpu = node_resources.get("GPU", 0) > 0 and rt.device != "cpu"
+    return {"num_cpus": rt.ray_cpus_per_worker, "num_gpus": rt.ray_gpus_per_worker if gpu else 0}
+
+
+def plan_actors(cfg: PipelineConfig, nodes: list[dict]) -> list[tuple[Optional[str], dict]]:
+    """(node id, resources) for each of runtime.ray_workers actors, from ray.nodes(): round-robin over the live
+    nodes (GPU nodes first, then by id), each taking as many actors as its CPUs (and, for GPU actors, its GPUs)
+    hold, so every node decodes and extracts. Actors beyond what the cluster holds get node None (not pinned:
+    Ray keeps them pending rather than refusing them, and start_actors' timeout names what they ask)."""
+    alive = sorted((n for n in nodes if n.get("Alive")),
+                   key=lambda n: (n["Resources"].get("GPU", 0) <= 0, n["NodeID"]))
+    if not alive:
+        raise RayStartTimeout("the Ray cluster has no live node")
+    if cfg.runtime.device == "cuda":   # CUDA required: CPU-only nodes take no actor (unless there is no GPU at all)
+        alive = [n for n in alive if n["Resources"].get("GPU", 0) > 0] or alive
+    asks = [actor_resources(cfg, n["Resources"]) for n in alive]
+
+    def room(node: dict, ask: dict) -> float:
+        fits = [node["Resources"].get(r, 0) / ask[k] for k, r in (("num_cpus", "CPU"), ("num_gpus", "GPU"))
+                if ask[k] > 0]
+        return math.floor(min(fits)) if fits else math.inf
+
+    left = [room(n, a) for n, a in zip(alive, asks)]
+    plan: list[tuple[str, dict]] = []
+    n_actors = max(1, cfg.runtime.ray_workers)
+    while len(plan) < n_actors:
+        placed = False
+        for i, node in enumerate(alive):
+            if len(plan) < n_actors and left[i] >= 1:
+                plan.append((node["NodeID"], asks[i]))
+                left[i] -= 1
+                placed = True
+        if not placed:   # the cluster is full: the rest cannot start (reported by the start timeout)
+            plan += [(None, asks[i % len(alive)]) for i in range(n_actors - len(plan))]
+    return plan
+
+
+def actor_device(device: str, gpus: float) -> tuple[str, str]:
+    """(the device an actor runs its extractors on, a note when that differs from what it was given). An actor
+    without a GPU is told `cpu` explicitly; one given a GPU that torch cannot see (a node advertising
+    --num-gpus without CUDA) runs on the CPU under device: auto and says so (device: cuda fails in the Worker,
+    naming the setting)."""
+    if device == "cpu" or (gpus <= 0 and device == "auto"):
+        return "cpu", ""
+    import torch
+
+    if torch.cuda.is_available() or device == "cuda":
+        return "cuda", ""
+    return "cpu", ("Ray gave this actor a GPU but torch sees no CUDA device on this node: extracting on the CPU "
+                   "(install a CUDA build of torch there, or start the node without --num-gpus)")
 
 
 def start_actors(cfg: PipelineConfig, specs: list[str], run_id: str) -> tuple[list, list[dict]]:
     """Start the actors and wait until each has loaded its extractors. Raises the load error as is."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    res = actor_resources(cfg)
+    plan = plan_actors(cfg, ray.nodes())
     cls = ray.remote(ExtractActor)
-    # SPREAD: one actor per node before a second one anywhere (each node decodes and extracts)
-    actors = [cls.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", max_restarts=0, scheduling_strategy="SPREAD", **res)
-              .remote(cfg, specs, f"ray{i}", run_id) for i in range(max(1, cfg.runtime.ray_workers))]
+    # each actor pinned to its planned node, asking that node's resources (hard affinity: no silent move)
+    actors = [cls.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", max_restarts=0, **res,
+                          scheduling_strategy=("SPREAD" if node is None
+                                               else NodeAffinitySchedulingStrategy(node, soft=False)))
+              .remote(cfg, specs, f"ray{i}", run_id, res) for i, (node, res) in enumerate(plan)]
     refs = [a.describe.remote() for a in actors]
     try:
         ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=cfg.runtime.ray_start_timeout_s)
         if waiting:
             raise RayStartTimeout(f"{len(waiting)} of {len(actors)} Ray worker(s) did not start within "
                                   f"runtime.ray_start_timeout_s = {cfg.runtime.ray_start_timeout_s:g} s: each asks "
-                                  f"{_asked(res)}; the cluster has {_amounts(ray.cluster_resources())} "
+                                  f"{' or '.join(sorted({_asked(r) for _, r in plan}))}; "
+                                  f"the cluster has {_amounts(ray.cluster_resources())} "
                                   f"({_amounts(ray.available_resources())} free). Lower runtime.ray_workers or "
                                   f"ray_cpus_per_worker / ray_gpus_per_worker, or add nodes")
         described = ray.get(refs)
@@ -169,7 +231,11 @@ def _amounts(res: dict) -> str:
 
 def _where(described: dict) -> str:
     w = described["worker"]
-    return f"{w['writer']}@{w['host']}:{w['pid']}"
+    where = f"{w['writer']}@{w['host']}:{w['pid']}"
+    if "device" not in w:
+        return where
+    gpu = f", GPU {','.join(w['gpu_ids'])}" if w.get("gpu_ids") else ""
+    return f"{where} ({w['device']}{gpu}{' without CUDA' if w.get('note') else ''})"
 
 
 def dispatch(actors: list, todo: list[ClipRecord], cfg: PipelineConfig, view: StoreView, run_id: str,
