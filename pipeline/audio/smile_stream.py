@@ -5,9 +5,12 @@ and its external-source config keeps the whole wave level inside openSMILE (a gr
 hour of 16 kHz audio. Here the same int16 samples (x * 32768, cast as opensmile does) are written chunk by
 chunk into an external source whose wave level is a ring buffer (smile_input.conf.inc), while `run()` works
 in a thread. openSMILE is a streaming engine: its frames and functionals do not depend on how the input
-arrives, so the rows are those of `process_signal` (tests/test_egemaps.py compares them). What still grows
-with the clip is the output itself (LLD rows) and, for functionals, openSMILE's own LLD levels before the
-functionals (frameMode full: they hold every LLD frame, a few hundred bytes per 10 ms).
+arrives, so the rows are those of `process_signal` (tests/test_egemaps.py compares them).
+
+The feature set computes its whole-clip functionals in both modes, and the levels they read grow with the clip
+(BufferMode.conf.inc; ~0.5 GB per hour of audio). For LLD output those levels become ring buffers and the
+(unused) functionals read short windows, so LLD extraction is flat in clip length but for its own rows. For
+functionals they must stay whole: percentiles and the like need every frame of the clip.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 INPUT_CONFIG = Path(__file__).with_name("smile_input.conf.inc")
+LLD_BUFFERS_CONFIG = Path(__file__).with_name("smile_lld_buffers.conf.inc")
+LLD_FUNCTIONALS_CONFIG = Path(__file__).with_name("smile_lld_functionals.conf.inc")
 INT16_SCALE = 32768          # opensmile's own float -> 16-bit conversion (Smile._extract)
 WRITE_RETRY_S = 0.001        # the ring buffer is full: wait this long for openSMILE to read from it
 
@@ -61,6 +66,11 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
     options = smile._options()
     options.update({"source": str(INPUT_CONFIG), "sampleRate": sample_rate, "nBits": 16,
                     "waveBufferSamples": 2 * chunk_samples})
+    if getattr(smile.feature_level, "name", smile.feature_level) == "LowLevelDescriptors":
+        # the feature set still computes its functionals; only the LLDs are output, so the whole-clip
+        # levels the functionals read need not be kept
+        options.update({"bufferModeConf": str(LLD_BUFFERS_CONFIG),
+                        "frameModeFunctionalsConf": str(LLD_FUNCTIONALS_CONFIG)})
     engine = smile._smile(options=options)
     rows = _Rows(smile.num_features)
     engine.external_sink_set_callback_ex(smile_config.EXTERNAL_OUTPUT_COMPONENT, rows.add)
