@@ -1,15 +1,16 @@
 """Peak memory of extracting one long clip, against its length: must be flat (goal: within 1.2x, 1 to 60 min).
 
-    .venv/bin/python benchmarks/memory.py                  # 1/10/60 min 720p video, 1 h audio, and the baseline
+    .venv/bin/python benchmarks/memory.py                  # 1/10/60 min 720p video and audio, and the baseline
     .venv/bin/python benchmarks/memory.py --minutes 1 10   # shorter
+    .venv/bin/python benchmarks/memory.py --audio-only     # the audio rows only
 
 The media are generated with ffmpeg's lavfi sources into a temp dir (nothing is committed): one minute of
-1280x720 testsrc video (MPEG-4, 5 fps), looped by stream copy to 10 and 60 minutes, and an hour of 16 kHz
-tone. Each extraction is a fresh `pipeline.extract.extract` process on a one-clip dataset; its peak RSS is
+1280x720 testsrc video (MPEG-4, 5 fps), looped by stream copy to 10 and 60 minutes, and 16 kHz tone (WAV)
+of each audio length. Each extraction is a fresh `pipeline.extract.extract` process on a one-clip dataset; its peak RSS is
 the child's ru_maxrss. Video: the `mobilenet` frame encoder (decode at media.decode_fps, T sampled frames),
 with media.max_frames as in params; the baseline is the same run with max_frames off (every frame at
 decode_fps decoded and held, as before), measured in the same run at 1 and 3 minutes (more would not fit
-a shared machine). Audio: egemaps + VGGish (untrained allowed: same cost) on the hour.
+a shared machine). Audio: egemaps + VGGish (untrained allowed: same cost) on 1, 10 and 60 minutes.
 """
 from __future__ import annotations
 
@@ -33,20 +34,22 @@ def ffmpeg(*args: str) -> None:
                    stdin=subprocess.DEVNULL, timeout=1800)
 
 
-def make_media(d: Path, minutes: list[float], audio_minutes: float) -> dict:
+def make_media(d: Path, minutes: list[float], audio_minutes: list[float]) -> dict:
+    out = {}
+    for m in audio_minutes:
+        out[f"audio_{m:g}"] = d / f"audio_{m:g}min.wav"
+        ffmpeg("-f", "lavfi", "-i", "sine=f=220:sample_rate=16000", "-t", str(60 * m),
+               "-c:a", "pcm_s16le", str(out[f"audio_{m:g}"]))
+    if not minutes:
+        return out
     one = d / "video_1min.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=1280x720:rate=5", "-t", "60", "-c:v", "mpeg4", "-q:v", "31",
            "-g", "250", str(one))
-    out = {}
     for m in sorted(set(minutes) | {1, 3}):
         p = one if m == 1 else d / f"video_{m:g}min.mp4"
         if m != 1:   # loop the minute by stream copy: long files without encoding them
             ffmpeg("-stream_loop", str(int(m) - 1), "-i", str(one), "-c", "copy", "-t", str(60 * m), str(p))
         out[f"video_{m:g}"] = p
-    if audio_minutes:
-        out["audio"] = d / "audio.wav"
-        ffmpeg("-f", "lavfi", "-i", "sine=f=220:sample_rate=16000", "-t", str(60 * audio_minutes),
-               "-c:a", "pcm_s16le", str(out["audio"]))
     return out
 
 
@@ -93,8 +96,9 @@ def measure(kind: str, media: Path, work: Path, max_frames: int) -> tuple[float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
-    ap.add_argument("--audio-minutes", type=float, default=60)
+    ap.add_argument("--audio-minutes", type=float, nargs="*", default=[1, 10, 60])
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--audio-only", action="store_true", help="skip the video rows (and their baseline)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "MEDIA", "WORK", "MAX_FRAMES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -103,6 +107,8 @@ def main() -> None:
     from emocache.config import MediaConfig
 
     max_frames = MediaConfig().max_frames
+    if args.audio_only:
+        args.minutes, args.no_baseline = [], True
     with tempfile.TemporaryDirectory(prefix="emocache-mem-") as tmp:
         d = Path(tmp)
         files = make_media(d, args.minutes, args.audio_minutes)
@@ -117,14 +123,15 @@ def main() -> None:
                 rows.append({"what": f"video {m:g} min 720p (baseline: max_frames off)", "max_frames": 0,
                              "peak_rss_mb": round(rss), "s": round(secs, 1)})
                 print(f"video {m:>4g} min 720p  baseline (all frames): peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
-        if args.audio_minutes:
-            rss, secs = measure("audio", files["audio"], d / "w_a", max_frames)
-            rows.append({"what": f"audio {args.audio_minutes:g} min (egemaps + vggish)", "peak_rss_mb": round(rss),
-                         "s": round(secs, 1)})
-            print(f"audio {args.audio_minutes:>4g} min (egemaps + vggish): peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
+        for m in args.audio_minutes:
+            rss, secs = measure("audio", files[f"audio_{m:g}"], d / f"w_a{m:g}", max_frames)
+            rows.append({"what": f"audio {m:g} min (egemaps + vggish)", "peak_rss_mb": round(rss), "s": round(secs, 1)})
+            print(f"audio {m:>4g} min (egemaps + vggish): peak RSS {rss:7.0f} MB  ({secs:.0f} s)", flush=True)
         video = [r["peak_rss_mb"] for r in rows if r.get("max_frames") == max_frames and r["what"].startswith("video")]
-        if len(video) > 1:
-            print(f"video peak RSS, longest / shortest: {max(video) / min(video):.2f}x (goal <= 1.2x)")
+        audio = [r["peak_rss_mb"] for r in rows if r["what"].startswith("audio")]
+        for kind, peaks in (("video", video), ("audio", audio)):
+            if len(peaks) > 1:   # rows in the order of --minutes / --audio-minutes: last over first
+                print(f"{kind} peak RSS, longest / shortest: {peaks[-1] / peaks[0]:.2f}x (goal <= 1.2x)")
         print(json.dumps(rows))
 
 

@@ -161,6 +161,9 @@ class VGGishStatesConfig(Strict):
 
 class EGeMAPSConfig(Strict):
     feature_set: str = "eGeMAPSv02"
+    # the signal goes to openSMILE in chunks of this many seconds (its wave ring buffer holds two): memory
+    # stays flat in clip length; the output does not depend on it (pipeline/audio/smile_stream.py)
+    chunk_seconds: float = Field(10.0, gt=0)
 
 
 class TextConfig(Strict):

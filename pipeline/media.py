@@ -293,7 +293,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     p = _check_file(path)
     native = resample.decodes_native_rate(resampler)   # then a WAV header tells the file's rate
     if native and p.suffix.lower() in SOUNDFILE_SUFFIXES:
-        read = _read_soundfile(p, start, end)
+        read = _read_soundfile(p, start, end, sample_rate)
         if read is not None:
             _log_decode("audio", str(p))
             if read[1].size == 0 and (end is None or end > start):
@@ -319,8 +319,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
             raise NoStreamError(f"{p}: no audio stream")
         raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
     if native:
-        rate, audio = wav_float32(memoryview(proc.stdout), p)   # a view: no copy of the decoded bytes
-        audio = resample.resampy_kaiser_best(audio, rate, sample_rate) if audio.size else audio
+        rate, audio = wav_float32(memoryview(proc.stdout), p, sample_rate)   # a view: no copy of the decoded bytes
+        audio = resample.resampy_kaiser_best(audio, rate, sample_rate) if audio.size else audio.astype(np.float32)
     else:
         audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
     if audio.size == 0 and (end is None or end > start):
@@ -334,9 +334,11 @@ SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
 NATIVE_BYTES_PER_SECOND = 48000 * 2 * 4
 
 
-def _read_soundfile(p: Path, start: float, end: Optional[float]) -> Optional[tuple[int, np.ndarray]]:
-    """(rate, mono float64 samples, channels averaged) via soundfile, or None when libsndfile cannot read it
-    (then ffmpeg decodes it). int16 comes out as x / 32768, the reference's scaling."""
+def _read_soundfile(p: Path, start: float, end: Optional[float],
+                    target_rate: int) -> Optional[tuple[int, np.ndarray]]:
+    """(rate, mono samples, channels averaged) via soundfile, or None when libsndfile cannot read it (then
+    ffmpeg decodes it). int16 comes out as x / 32768, the reference's scaling. Read a block at a time into one
+    mono buffer (see _channel_mean)."""
     import soundfile as sf
 
     try:
@@ -346,15 +348,39 @@ def _read_soundfile(p: Path, start: float, end: Optional[float]) -> Optional[tup
             last = int(round(end * rate)) if end is not None else f.frames
             if first:
                 f.seek(min(first, f.frames))
-            data = f.read(max(0, min(last, f.frames) - first), dtype="float32", always_2d=True)
+            n = max(0, min(last, f.frames) - first)
+            out = np.empty(n, _mono_dtype(rate, target_rate))
+            pos = 0
+            while pos < n:
+                block = f.read(min(MEAN_BLOCK_SAMPLES, n - pos), dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                out[pos:pos + len(block)] = _channel_mean(block)
+                pos += len(block)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
-    return rate, data.astype(np.float64).mean(axis=1)
+    return rate, out[:pos]
 
 
-def wav_float32(data: bytes, path: Path) -> tuple[int, np.ndarray]:
+# Rows per block of the channel mean: the result does not depend on it, only the transient float64 block does.
+MEAN_BLOCK_SAMPLES = 1 << 16
+
+
+def _mono_dtype(rate: int, target_rate: int):
+    """float32 when no resampling follows (the float64 mean, stored as float32, is what resampling to the
+    same rate returned before); float64 when resampy's filter is still to run on it."""
+    return np.float32 if rate == target_rate else np.float64
+
+
+def _channel_mean(x: np.ndarray) -> np.ndarray:
+    """(S, C) -> (S,) float64 mean over channels, as the reference averages them; a mono input is itself."""
+    return x[:, 0] if x.shape[1] == 1 else x.astype(np.float64).mean(axis=1)
+
+
+def wav_float32(data: bytes, path: Path, target_rate: int) -> tuple[int, np.ndarray]:
     """(sample rate, samples averaged over channels) of the float32 WAV ffmpeg wrote to a pipe. Chunk sizes
-    are not trusted: on a pipe ffmpeg cannot seek back to fill them in, so data runs to the end of the bytes."""
+    are not trusted: on a pipe ffmpeg cannot seek back to fill them in, so data runs to the end of the bytes.
+    Mono at the target rate is a view of `data`; otherwise the mean is taken a block at a time."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
     pos, rate, channels = 12, None, 1
@@ -367,8 +393,15 @@ def wav_float32(data: bytes, path: Path) -> tuple[int, np.ndarray]:
             if rate is None:
                 break
             body = data[pos + 8:]
-            samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels], dtype=np.float32)
-            return rate, samples.reshape(-1, channels).astype(np.float64).mean(axis=1)
+            samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels],
+                                    dtype=np.float32).reshape(-1, channels)
+            dtype = _mono_dtype(rate, target_rate)
+            if channels == 1 and dtype == np.float32:
+                return rate, samples[:, 0]
+            out = np.empty(len(samples), dtype)
+            for s0 in range(0, len(samples), MEAN_BLOCK_SAMPLES):
+                out[s0:s0 + MEAN_BLOCK_SAMPLES] = _channel_mean(samples[s0:s0 + MEAN_BLOCK_SAMPLES])
+            return rate, out
         pos += 8 + size + (size & 1)
     raise MediaError(f"{path}: ffmpeg's WAV stream has no fmt/data chunk")
 

@@ -110,9 +110,9 @@ def resampy_kaiser_best(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray:
     """resampy.resample(x, sr_orig, sr_new) (filter kaiser_best) for mono x, as float32."""
     from scipy.signal import oaconvolve, upfirdn
 
+    if sr_orig == sr_new:      # float32 input stays as it is (no float64 copy of a long clip)
+        return np.asarray(x).astype(np.float32, copy=False)
     x = np.asarray(x, dtype=np.float64)
-    if sr_orig == sr_new:
-        return x.astype(np.float32)
     n_out = int(x.shape[0] * float(sr_new) / float(sr_orig))
     if n_out < 1:
         raise ValueError(f"{x.shape[0]} samples at {sr_orig} Hz are too few to resample to {sr_new} Hz")

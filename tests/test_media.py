@@ -1,4 +1,6 @@
 """Decode of every bundled media file; clear errors for bad ones."""
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,26 @@ def test_segment_bounds_are_exact_when_streams_start_apart(shared_data, rel):
     for start, end in [(0.06, 1.06), (0.5, 1.5)]:
         a = media.decode_audio(shared_data / rel, 16000, start=start, end=end)
         assert abs(len(a) - 16000) <= 40, (start, end, len(a))
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (16000, 2), (48000, 2)])
+def test_resampy_decode_is_blockwise_and_exact(tmp_path, rate, channels):
+    """The resampy path averages channels a block at a time (no float64 copy of the whole clip): the result
+    equals the whole-array float64 mean then kaiser_best, for libsndfile (WAV) and ffmpeg (Matroska) alike."""
+    import soundfile as sf
+
+    from pipeline.media import MEAN_BLOCK_SAMPLES, ffmpeg_exe
+    from pipeline.resample import resampy_kaiser_best
+
+    n = 2 * MEAN_BLOCK_SAMPLES + 1234                # several blocks and a partial one
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (n, channels)).astype(np.float32)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, x, rate, subtype="FLOAT")
+    mka = tmp_path / "a.mka"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "pcm_f32le", str(mka)],
+                   check=True, stdin=subprocess.DEVNULL)
+    want = resampy_kaiser_best(x.astype(np.float64).mean(axis=1), rate, 16000)
+    for p in (wav, mka):
+        got = media.decode_audio(p, 16000, resampler="resampy")
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want, err_msg=str(p))

@@ -275,6 +275,27 @@ def test_batch_invariance(make_config, shared_data):
     np.testing.assert_array_equal(batch[2].times, alone.times)
 
 
+@pytest.mark.parametrize("chunk_seconds,hop", [(0.37, 96), (2.0, 96), (2.0, 40)])
+def test_streamed_examples_equal_whole_clip_path(make_config, chunk_seconds, hop):
+    """Long audio is streamed: examples a chunk at a time through the network, only embeddings kept. Rows,
+    times and embeddings equal the whole-clip path (all examples of the batch, then the network), with clips
+    spanning several chunks, a clip under one example, and overlapping examples."""
+    rng = np.random.default_rng(0)
+    long = (0.5 * sine(11.3, 440.0) + 0.05 * rng.standard_normal(int(11.3 * SR))).astype(np.float32)
+    clips = [ClipInput("long", audio=long), ClipInput("short", audio=long[:2000]),
+             ClipInput("mid", audio=long[5000:5000 + int(4.1 * SR)])]
+    ex = _untrained(make_config, batch_examples=4, chunk_seconds=chunk_seconds, example_hop_frames=hop)
+    assert ex.frontend.chunk_frames < ex.frontend.n_frames(len(long)) // 4       # several chunks per clip
+    got = ex.extract_batch(clips)
+    whole = _untrained(make_config, batch_examples=4, chunk_seconds=60.0, example_hop_frames=hop)
+    per_clip = whole.frontend([c.audio for c in clips])
+    ref = np.split(whole.embed(torch.cat([e.data for e in per_clip])), np.cumsum([e.data.shape[0] for e in per_clip])[:-1])
+    assert [g.n_rows for g in got] == [e.data.shape[0] for e in per_clip] and got[1].n_rows == 0
+    for g, r, e in zip(got, ref, per_clip):
+        np.testing.assert_array_equal(g.times, e.times)
+        np.testing.assert_allclose(g.arrays["features"], r, atol=1e-5, rtol=0)
+
+
 def test_short_audio_gives_zero_rows(make_config):
     ex = _untrained(make_config)
     out = ex.extract_batch([ClipInput("tiny", audio=np.zeros(300, np.float32)),

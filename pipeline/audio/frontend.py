@@ -8,12 +8,15 @@ Reproduces the reference maths (AudioSet `mel_features.py` / `vggish_input.py`):
 
 Long files: frames are computed in chunks of at most `chunk_seconds` worth of frames. Each chunk is cut at a
 frame boundary and reads exactly the samples its frames need, so the result is the same as unchunked.
-Frames of several clips share a chunk, so a batch of short clips costs one FFT call.
+Frames of several clips share a chunk, so a batch of short clips costs one FFT call. `example_blocks` goes one
+step further for the extractor: it yields the examples a chunk at a time (each block cut at an example
+boundary, reading exactly the frames its examples need), so the log-mel of a whole long clip never exists.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -132,6 +135,39 @@ class LogMelFrontend:
         frame_s = self.hop_samples / self.cfg.sample_rate
         starts = np.arange(n, dtype=np.float64) * step * frame_s
         return Examples(data, np.stack([starts, starts + size * frame_s], axis=1))
+
+    def n_examples(self, n_samples: int) -> int:
+        size, step = self.cfg.example_frames, self.cfg.example_hop_frames
+        frames = self.n_frames(n_samples)
+        return 0 if frames < size else 1 + (frames - size) // step
+
+    def example_times(self, n: int) -> np.ndarray:
+        """(n, 2) [start, end] seconds of a clip's first n examples (as `examples` gives them)."""
+        frame_s = self.hop_samples / self.cfg.sample_rate
+        starts = np.arange(n, dtype=np.float64) * self.cfg.example_hop_frames * frame_s
+        return np.stack([starts, starts + self.cfg.example_frames * frame_s], axis=1)
+
+    def example_blocks(self, waveforms: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """The examples of every waveform, in order (clip by clip), as a stream of (E_k, example_frames, n_mels)
+        blocks of about `chunk_seconds` each: the same examples as `__call__`, in bounded memory. A block
+        reads exactly the samples its examples' frames need; blocks of short clips are computed together."""
+        size, step = self.cfg.example_frames, self.cfg.example_hop_frames
+        per_block = max(1, (self.chunk_frames - size) // step + 1)    # examples per block
+        group: list[np.ndarray] = []
+        group_frames = 0
+        for wave in waveforms:
+            n = self.n_examples(len(wave))
+            for e0 in range(0, n, per_block):
+                e1 = min(n, e0 + per_block)
+                f0, n_f = e0 * step, (e1 - 1 - e0) * step + size
+                s0 = f0 * self.hop_samples
+                group.append(wave[s0:s0 + (n_f - 1) * self.hop_samples + self.window_samples])
+                group_frames += n_f
+                if group_frames >= self.chunk_frames:
+                    yield from (ex.data for ex in self(group))
+                    group, group_frames = [], 0
+        if group:
+            yield from (ex.data for ex in self(group))
 
     def __call__(self, waveforms: list[np.ndarray]) -> list[Examples]:
         return [self.examples(lm) for lm in self.log_mel(waveforms)]

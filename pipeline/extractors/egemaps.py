@@ -9,11 +9,11 @@ Empty output (0 rows) is documented, not an error: audio too short for openSMILE
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import ClassVar, Optional
 
 import numpy as np
 
+from pipeline.audio.smile_stream import process_chunked
 from pipeline.config import EGeMAPSConfig, ExtractorSettings
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
 
@@ -61,17 +61,16 @@ class _OpenSmileExtractor(Extractor):
         if clip.audio is None:
             raise ValueError(f"{self.name}: clip {clip.clip_id!r} ({clip.path}) has no audio (no audio stream decoded)")
         audio = np.asarray(clip.audio, dtype=np.float32)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Segment too short")  # handled below: all-NaN rows dropped
-            df = self.smile.process_signal(audio, clip.sample_rate)
-        values = df.to_numpy(dtype=np.float32)
-        starts = df.index.get_level_values("start").total_seconds().to_numpy()
-        ends = df.index.get_level_values("end").total_seconds().to_numpy()
-        measured = ~np.isnan(values).all(axis=1)      # all-NaN = openSMILE's "segment too short"
+        if audio.ndim != 1:
+            raise ValueError(f"{self.name}: clip {clip.clip_id!r} audio must be mono (S,), got shape {audio.shape}")
+        # in chunks, not process_signal: that holds several copies of the whole clip (smile_stream.py)
+        rows = process_chunked(self.smile, audio, clip.sample_rate,
+                               int(round(self.section.chunk_seconds * clip.sample_rate)))
+        measured = ~np.isnan(rows.values).all(axis=1)   # openSMILE measured nothing (process_signal: all-NaN)
         attrs = {"pretrained": True, "audio_seconds": round(len(audio) / clip.sample_rate, 4)}
         if not measured.any():
             attrs["empty_reason"] = f"audio too short for openSMILE ({len(audio)} samples)"
-        return ClipFeatures({"features": values[measured]}, np.stack([starts, ends], axis=1)[measured], attrs)
+        return ClipFeatures({"features": rows.values[measured]}, rows.times[measured], attrs)
 
     def extract_batch(self, clips: list[ClipInput]) -> list[ClipFeatures]:
         if self.smile is None:

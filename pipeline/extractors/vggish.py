@@ -127,26 +127,46 @@ class VGGishExtractor(Extractor):
                 out.append(self.model(x).float().cpu())
         return torch.cat(out).numpy()
 
-    def extract_batch(self, clips: list[ClipInput]) -> list[ClipFeatures]:
+    def _embed_stream(self, blocks) -> np.ndarray:
+        """`embed` over a stream of example blocks (every clip of the batch, in order), batch_examples at a time:
+        the network sees the same batches as on the concatenation of all examples, and only the outputs of
+        the whole clip are kept, never its log-mel examples."""
         import torch
 
+        batch = max(1, self.vcfg.batch_examples)
+        pending: list = []
+        n_pending = 0
+        out = []
+        for block in blocks:
+            pending.append(block)
+            n_pending += block.shape[0]
+            if n_pending >= batch:
+                x = torch.cat(pending)
+                full = n_pending // batch * batch
+                out.append(self.embed(x[:full]))
+                pending, n_pending = ([x[full:]], n_pending - full) if full < n_pending else ([], 0)
+        if n_pending or not out:      # the last partial batch; or no example at all (0 rows of the right width)
+            empty = torch.zeros((0, self.vcfg.example_frames, self.vcfg.n_mels), device=self.device)
+            out.append(self.embed(torch.cat(pending) if pending else empty))
+        return np.concatenate(out)
+
+    def extract_batch(self, clips: list[ClipInput]) -> list[ClipFeatures]:
         if self.model is None:
             raise RuntimeError("vggish: call load() before extract_batch()")
         for clip in clips:
             self._check(clip)
-        per_clip = self.frontend([np.asarray(c.audio, dtype=np.float32) for c in clips])
-        # one network pass over the examples of every clip in the batch, then split back per clip
-        counts = [ex.data.shape[0] for ex in per_clip]
-        embeddings = self.embed(torch.cat([ex.data for ex in per_clip]))
+        waves = [np.asarray(c.audio, dtype=np.float32) for c in clips]
+        counts = [self.frontend.n_examples(len(w)) for w in waves]
+        embeddings = self._embed_stream(self.frontend.example_blocks(waves))
         if self.postprocessor is not None:
             embeddings = self.postprocessor(embeddings)
         results = []
-        for clip, ex, emb in zip(clips, per_clip, np.split(embeddings, np.cumsum(counts)[:-1])):
-            attrs = {"pretrained": bool(self.weights.pretrained), "n_examples": int(ex.data.shape[0]),
+        for clip, n, emb in zip(clips, counts, np.split(embeddings, np.cumsum(counts)[:-1])):
+            attrs = {"pretrained": bool(self.weights.pretrained), "n_examples": int(n),
                      "postprocessed": self.postprocessor is not None,
                      "audio_seconds": round(len(clip.audio) / clip.sample_rate, 4)}
-            if ex.data.shape[0] == 0:
+            if n == 0:
                 attrs["empty_reason"] = (f"audio shorter than one {self.vcfg.example_frames}-frame example "
                                          f"({len(clip.audio)} samples)")
-            results.append(ClipFeatures({"features": emb}, ex.times, attrs))
+            results.append(ClipFeatures({"features": emb}, self.frontend.example_times(n), attrs))
         return results
