@@ -6,7 +6,8 @@ For each size N, in a fresh temp directory:
               frame-level and a functional key; video: a frame-level key)
   first open  a new process-level store opening every key (no consolidated index yet: one doc read per
               segment, and the index gets written)
-  open        the same after the first open (the consolidated index: one listing + one blob per key)
+  open        the same after the first open (the consolidated index: one listing + one blob per key, and by
+              default, store.trust_index: false, one listing pass comparing every segment's file signature)
   plan        which of N + 10% listed clips are missing, for every key (what `extract` plans), after the first open
   full read   Cache.read of every clip of every key, padded (what training loads)
   minibatch   50 random 16-clip minibatches of the frame-level audio key (a streaming loader)
@@ -139,8 +140,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-dvc", action="store_true", help="skip the dvc status column")
-    ap.add_argument("--verify-index", action="store_true",
-                    help="open as the default store.trust_index: false does (each indexed segment's arrays checked)")
+    ap.add_argument("--trust-index", action="store_true",
+                    help="open with store.trust_index: true (skip the per-open signature check of every segment)")
     ap.add_argument("--flush", type=int, default=StoreConfig().flush_clips,
                     help="clips per segment (store.flush_clips; more = fewer segments = a faster write)")
     args = ap.parse_args()
@@ -155,7 +156,7 @@ def main() -> None:
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)
-            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush, trust_index=not args.verify_index)
+            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush, trust_index=args.trust_index)
             t0 = time.perf_counter()
             ids = write_stores(tmp, n, cfg)
             t_write = time.perf_counter() - t0

@@ -20,8 +20,10 @@ ignore and the next run deletes. Rows of one clip are contiguous inside one segm
 clip reads in one or few chunk reads. Concurrent writers (Ray workers) use distinct segment
 names and never touch each other's segments; separate runs take the store's writer lock
 (pipeline/store_lock.py) so that only segments of dead writers are ever collected. Readers check a
-committed index against its arrays (once, before it enters the consolidated index): a segment whose arrays
-are missing or short is reported and its clips count as missing (re-extracted), never trusted.
+committed index against its arrays before it enters the consolidated index, and again whenever its files
+change (the index keeps a signature of them, compared at every open in one listing pass:
+pipeline/segment_signature.py): a segment whose arrays are missing or short is reported and its clips count as
+missing (re-extracted), never trusted.
 
 HDF5: `<root>` is a directory; every segment is one self-contained `.h5` file written under a
 temporary name and renamed into place (the commit), and JSON documents sit beside them.
@@ -241,12 +243,16 @@ class FeatureStore:
         segments it does not know yet, which are read, checked and folded into it (best effort)."""
         names = self._segment_names(key, fp)
         known, trusted = self._load_index(key, fp, names)
-        if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check them too
-            checked = self._verified(key, fp, known)
-            trusted = trusted and len(checked) == len(known)   # drop the broken ones from the blob
-            known = checked
-        committed, pending = self._segment_docs(key, fp, [s for s in names if s not in known])
-        fresh = self._verified(key, fp, committed)
+        unknown = [s for s in names if s not in known]
+        # one listing pass: each segment's files now (taken before any check, so a change after it shows next time)
+        sigs = self.backend.signatures(f"{key}/{fp}") if unknown or not self.trust_index else {}
+        if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
+            same = {s: d for s, d in known.items() if d.get("sig") is not None and d["sig"] == sigs.get(s)}
+            checked = self._verified(key, fp, {s: d for s, d in known.items() if s not in same}, sigs)
+            trusted = trusted and len(same) == len(known)   # new signatures, or broken ones dropped from the blob
+            known = {**same, **checked}
+        committed, pending = self._segment_docs(key, fp, unknown)
+        fresh = self._verified(key, fp, committed, sigs)
         committed = {**known, **fresh}
         if fresh or (not trusted and committed):
             self._write_index(key, fp, committed)
@@ -292,8 +298,9 @@ class FeatureStore:
             self._index_cache[cache_key] = ClipIndex(committed)
         return self._index_cache[cache_key]
 
-    def _verified(self, key: str, fp: str, committed: dict[str, dict]) -> dict[str, dict]:
-        """The committed segments whose arrays exist with as many rows as their index says."""
+    def _verified(self, key: str, fp: str, committed: dict[str, dict], sigs: Mapping[str, str]) -> dict[str, dict]:
+        """The committed segments whose arrays exist with as many rows as their index says, each doc carrying
+        its segment's signature from `sigs` (listed before this check) for the next open to compare."""
         ok = {}
         for seg, doc in committed.items():
             total = int(sum(doc["lengths"]))
@@ -307,7 +314,7 @@ class FeatureStore:
             if bad:
                 self._report_broken(key, fp, seg, "; ".join(bad))
             else:
-                ok[seg] = doc
+                ok[seg] = {**doc, "sig": sigs.get(seg)}
         return ok
 
     def _report_broken(self, key: str, fp: str, seg: str, why: str) -> None:

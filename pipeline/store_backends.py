@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.raw_rows import RawLayout, native_order, read_rows
+from pipeline.segment_signature import listing_signatures, local_dir_signatures, local_file_signatures
 
 
 def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int, chunk_mb: float) -> int:
@@ -218,6 +219,20 @@ class ZarrBackend:
             raise KeyError(f"{path}: segment group not readable")
         return {name: int(a.shape[0]) for name, a in g.arrays()}
 
+    def signatures(self, path: str) -> dict[str, str]:
+        """Segment -> digest of its files (names, sizes, mtimes or ETags) below `path`, from one listing pass."""
+        if "://" not in self.root_path:
+            return local_dir_signatures(str(Path(self.root_path) / path))
+        from zarr.core.sync import sync
+
+        fs, prefix = self.root.store.fs, f"{self.root.store.path.rstrip('/')}/{path}"
+        fs.invalidate_cache()
+        try:   # zarr's fsspec filesystems are async: list on zarr's own event loop
+            listing = sync(fs._find(prefix, detail=True)) if fs.async_impl else fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        return listing_signatures(listing, prefix)
+
     def delete(self, path: str) -> None:
         from zarr.core.sync import sync
 
@@ -360,6 +375,10 @@ class HDF5Backend:
     def row_counts(self, path: str) -> dict[str, int]:
         with self.h5py.File(self.root / f"{path}.h5", "r") as f:
             return {name: int(f[name].shape[0]) for name in f if isinstance(f[name], self.h5py.Dataset)}
+
+    def signatures(self, path: str) -> dict[str, str]:
+        """Segment -> digest of its .h5 file's size and mtime, from one listing of `path`."""
+        return local_file_signatures(str(self.root / path), ".h5")
 
     def delete(self, path: str) -> None:
         import shutil
