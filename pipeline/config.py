@@ -44,6 +44,9 @@ class StoreConfig(Strict):
     # was indexed is reported and re-extracted. true: skip even that listing (damage shows up as a read error).
     trust_index: bool = False
     prefetch_batches: int = 2
+    # `emocache store compact` merges runs of smaller committed segments into segments of up to this many clips
+    # (pipeline/store_compact.py): fewer files to list at open, fewer to touch per minibatch.
+    compact_clips: int = 1024
 
 
 class WeightsFetchConfig(Strict):

@@ -100,6 +100,17 @@ class ClipIndex(Mapping):
     def ids(self) -> AbstractSet[str]:
         return self._pos.keys()
 
+    def live_by_segment(self) -> dict[str, list[str]]:
+        """Segment -> the clip ids that resolve to it (in row order); a clip committed again later is live only
+        in its later segment."""
+        pos = np.fromiter(self._pos.values(), np.int64, len(self._pos))
+        ids = list(self._pos)
+        order = np.lexsort((self._off[pos], self._seg[pos]))
+        out: dict[str, list[str]] = {seg: [] for seg in self._segs}
+        for j in order:
+            out[self._segs[self._seg[pos[j]]]].append(ids[j])
+        return out
+
 
 @dataclass
 class ClipRows:
@@ -109,7 +120,7 @@ class ClipRows:
 
 
 def new_segment_id(writer: str = "") -> str:
-    # Sortable by time, unique across processes and machines.
+    # Sortable by time (to the second), unique across processes and machines.
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{writer or 'w'}-{uuid.uuid4().hex[:10]}"
 
 
@@ -133,6 +144,8 @@ class FeatureStore:
         self.remote_gc_age_s = StoreConfig().remote_gc_age_s if remote_gc_age_s is None else remote_gc_age_s
         # (key, fingerprint) -> {segment: why it cannot be trusted}; filled while indexing
         self.broken: dict[tuple[str, str], dict[str, str]] = {}
+        # (key, fingerprint) -> segments on disk that a committed compacted segment replaces (gc deletes them)
+        self.retired: dict[tuple[str, str], list[str]] = {}
         self.format = fmt
         backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
         self.backend = backend(self.root, compressor, chunk_mb, storage_options)
@@ -240,22 +253,32 @@ class FeatureStore:
 
     def _scan(self, key: str, fp: str) -> tuple[dict[str, dict], list[str]]:
         """(verified committed segment -> index doc, uncommitted segments): the consolidated index plus the
-        segments it does not know yet, which are read, checked and folded into it (best effort)."""
+        segments it does not know yet, which are read, checked and folded into it (best effort). Segments a
+        committed compacted segment replaces are retired: never indexed, left for gc_uncommitted to delete."""
         names = self._segment_names(key, fp)
         known, trusted = self._load_index(key, fp, names)
         unknown = [s for s in names if s not in known]
         # one listing pass: each segment's files now (taken before any check, so a change after it shows next time)
         sigs = self.backend.signatures(f"{key}/{fp}") if unknown or not self.trust_index else {}
+        retired = {r for d in known.values() for r in d.get("replaces", ())}
+        docs, pending = self._segment_docs(key, fp, [s for s in unknown if s not in retired])
+        retired |= {r for d in docs.values() for r in d.get("replaces", ())}
+        self.retired[(key, fp)] = sorted(retired & set(names))
+        if retired & known.keys():   # the blob predates a compaction's commit: rewrite it without them
+            trusted = False
+            known = {s: d for s, d in known.items() if s not in retired}
+        docs = {s: d for s, d in docs.items() if s not in retired}
+        pending = [s for s in pending if s not in retired]
         if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
             same = {s: d for s, d in known.items() if d.get("sig") is not None and d["sig"] == sigs.get(s)}
             checked = self._verified(key, fp, {s: d for s, d in known.items() if s not in same}, sigs)
             trusted = trusted and len(same) == len(known)   # new signatures, or broken ones dropped from the blob
             known = {**same, **checked}
-        committed, pending = self._segment_docs(key, fp, unknown)
-        fresh = self._verified(key, fp, committed, sigs)
+        fresh = self._verified(key, fp, docs, sigs)
         committed = {**known, **fresh}
         if fresh or (not trusted and committed):
-            self._write_index(key, fp, committed)
+            on_disk = set(names)   # a compacted segment's `replaces` matter only while those segments exist
+            self._write_index(key, fp, {s: _replacing(d, on_disk) for s, d in committed.items()})
         return committed, pending
 
     def _load_index(self, key: str, fp: str, names: list[str]) -> tuple[dict[str, dict], bool]:
@@ -337,10 +360,11 @@ class FeatureStore:
         _, pending = self._scan(key, fingerprint)           # fills self.broken
         if "://" in self.root:
             pending = [seg for seg in pending if self._age_s(f"{key}/{fingerprint}/{seg}", seg) > self.remote_gc_age_s]
-        doomed = [*pending, *self.broken.get((key, fingerprint), {})]
+        doomed = [*pending, *self.broken.get((key, fingerprint), {}), *self.retired.get((key, fingerprint), [])]
         for seg in doomed:
             self.backend.delete(f"{key}/{fingerprint}/{seg}")
         self.broken.pop((key, fingerprint), None)
+        self.retired.pop((key, fingerprint), None)
         self._index_cache.pop((key, fingerprint), None)
         partial = self.backend.remove_partial_files(f"{key}/{fingerprint}") if "://" not in self.root else 0
         return len(doomed) + partial
@@ -355,8 +379,12 @@ class FeatureStore:
         return float("inf") if started is None else time.time() - float(started)
 
     # -- write
-    def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:
-        """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name."""
+    def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "",
+                      replaces: Iterable[str] = ()) -> str:
+        """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name.
+
+        `replaces`: segments whose clips this one holds (compaction, pipeline/store_compact.py); its commit retires
+        them in the same atomic write, so no reader sees their clips twice or misses one."""
         if not clips:
             raise ValueError("write_segment needs at least one clip")
         # Clips with 0 rows (a documented empty modality) may carry no arrays; others must agree.
@@ -379,6 +407,8 @@ class FeatureStore:
         doc = {"committed": True, "written_at": time.time(),
                "index": {"clip_ids": [c for c, _ in clips], "offsets": offsets, "lengths": lengths,
                          "attrs": [_jsonable(f.attrs) for _, f in clips], "arrays": names}}
+        if replaces:
+            doc["index"]["replaces"] = sorted(replaces)
         seg = new_segment_id(writer)
         path = f"{key}/{fingerprint}/{seg}"
         with self._writing(f"segment {path} ({len(clips)} clips)", cleanup=path):
@@ -526,6 +556,15 @@ def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(nonempty, axis=0)
     tail = next((p.shape[1:] for p in parts if p.ndim > 1), ())
     return np.zeros((0, *tail), dtype=parts[0].dtype)
+
+
+def _replacing(doc: dict, on_disk: set[str]) -> dict:
+    """The doc with `replaces` cut to the segments still on disk (dropped once none is)."""
+    if "replaces" not in doc:
+        return doc
+    left = [r for r in doc["replaces"] if r in on_disk]
+    out = {k: v for k, v in doc.items() if k != "replaces"}
+    return {**out, "replaces": left} if left else out
 
 
 def _jsonable(d: dict) -> dict:
