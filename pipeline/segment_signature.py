@@ -1,10 +1,10 @@
 """A cheap signature of each segment's bytes on storage, so that an open re-checks only segments that changed.
 
-The consolidated index records, for each segment it lists, a digest of the segment's files as the storage lists
-them: relative name, size and modification time (an object store's ETag where it has one). At open one listing
-pass over the fingerprint's directory (one `stat` per file locally, one paginated LIST on object storage) gives
-the current digests; a segment whose digest differs -- a file vanished, was truncated, rewritten or added -- is
-checked in full against its arrays again (store.py `_verified`) and, if broken, reported and re-extracted.
+The consolidated index records, for each segment it lists, a digest of the segment's files: relative name, size
+and modification time (an object store's ETag where it has one), and locally the list of those files. At open,
+one `stat` per recorded file (no directory walk; on object storage one paginated LIST per fingerprint) gives the
+current digests; a segment whose digest differs -- a file vanished, was truncated or rewritten -- is walked
+again and checked in full against its arrays (store.py `_verified`) and, if broken, reported and re-extracted.
 
 Trade-off: copying a store without preserving modification times (`cp -r` without `-p`) changes every digest,
 so the first open after the copy checks every segment once and records the new digests.
@@ -20,10 +20,9 @@ _TEMP_SUFFIX = ".partial"
 
 
 def _digest(entries: list[tuple[str, int, object]]) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for name, size, stamp in sorted(entries):
-        h.update(f"{name}\0{size}\0{stamp}\n".encode())
-    return h.hexdigest()
+    """Entries sorted by name (a walk sorts them; recorded file lists are kept sorted), hashed in one call."""
+    text = "\n".join(f"{name}\0{size}\0{stamp}" for name, size, stamp in entries)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _walk(top: str) -> list[tuple[str, int, int]]:
@@ -41,42 +40,30 @@ def _walk(top: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def local_dir_signatures(fp_dir: str) -> dict[str, str]:
-    """Segment name -> digest for every segment directory in a local fingerprint directory (zarr)."""
-    out = {}
+def dir_signature(seg_dir: str) -> Optional[dict]:
+    """{"sig", "files"} of a segment directory from a walk of it (None: it is gone)."""
     try:
-        top = list(os.scandir(fp_dir))
+        entries = _walk(seg_dir)
     except FileNotFoundError:
-        return out
-    for e in top:
-        if e.name.startswith("_") or not e.is_dir(follow_symlinks=False):
-            continue
-        try:
-            out[e.name] = _digest(_walk(e.path))
-        except FileNotFoundError:   # deleted while listed: no signature, so it is checked in full
-            continue
-    return out
+        return None
+    entries.sort()
+    return {"sig": _digest(entries), "files": [e[0] for e in entries]}
 
 
-def local_file_signatures(fp_dir: str, suffix: str) -> dict[str, str]:
-    """Segment name -> digest for every one-file segment (`<segment><suffix>`, HDF5) in a local directory."""
-    out = {}
+def files_signature(seg_dir: str, files: list[str]) -> Optional[dict]:
+    """{"sig", "files"} from one stat per recorded (sorted) file (None: one of them is gone)."""
+    entries, stat = [], os.stat
     try:
-        top = list(os.scandir(fp_dir))
-    except FileNotFoundError:
-        return out
-    for e in top:
-        if e.name.endswith(suffix) and not e.name.startswith("_"):
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            out[e.name[: -len(suffix)]] = _digest([("", st.st_size, st.st_mtime_ns)])
-    return out
+        for rel in files:
+            st = stat(f"{seg_dir}/{rel}" if rel else seg_dir)
+            entries.append((rel, st.st_size, st.st_mtime_ns))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return {"sig": _digest(entries), "files": files}
 
 
-def listing_signatures(listing: dict[str, dict], prefix: str) -> dict[str, str]:
-    """Segment name -> digest from one recursive fsspec listing (`find(prefix, detail=True)`) of object storage."""
+def listing_signatures(listing: dict[str, dict], prefix: str) -> dict[str, dict]:
+    """Segment name -> {"sig"} from one recursive fsspec listing (`find(prefix, detail=True)`) of object storage."""
     prefix = prefix.rstrip("/")
     groups: dict[str, list] = {}
     for path, info in listing.items():
@@ -85,7 +72,7 @@ def listing_signatures(listing: dict[str, dict], prefix: str) -> dict[str, str]:
             continue
         seg, name = rel.split("/", 1)
         groups.setdefault(seg, []).append((name, int(info.get("size") or 0), _stamp(info)))
-    return {seg: _digest(entries) for seg, entries in groups.items()}
+    return {seg: {"sig": _digest(sorted(entries))} for seg, entries in groups.items()}
 
 
 def _stamp(info: dict) -> Optional[str]:

@@ -258,8 +258,6 @@ class FeatureStore:
         names = self._segment_names(key, fp)
         known, trusted = self._load_index(key, fp, names)
         unknown = [s for s in names if s not in known]
-        # one listing pass: each segment's files now (taken before any check, so a change after it shows next time)
-        sigs = self.backend.signatures(f"{key}/{fp}") if unknown or not self.trust_index else {}
         retired = {r for d in known.values() for r in d.get("replaces", ())}
         docs, pending = self._segment_docs(key, fp, [s for s in unknown if s not in retired])
         retired |= {r for d in docs.values() for r in d.get("replaces", ())}
@@ -269,9 +267,16 @@ class FeatureStore:
             known = {s: d for s, d in known.items() if s not in retired}
         docs = {s: d for s, d in docs.items() if s not in retired}
         pending = [s for s in pending if s not in retired]
+        where = f"{key}/{fp}"
+        # each segment's signature is taken before its check, so a change after the check shows at the next open
+        sigs = self.backend.signatures(where, docs) if docs else {}
         if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
-            same = {s: d for s, d in known.items() if d.get("sig") is not None and d["sig"] == sigs.get(s)}
-            checked = self._verified(key, fp, {s: d for s, d in known.items() if s not in same}, sigs)
+            now = self.backend.signatures(where, known, {s: d.get("files") for s, d in known.items()})
+            same = {s: d for s, d in known.items() if d.get("sig") is not None and d["sig"] == now.get(s, {}).get("sig")}
+            changed = {s: d for s, d in known.items() if s not in same}
+            if changed:   # a fresh signature (a walk: the files may differ from those recorded), then the full check
+                now.update(self.backend.signatures(where, changed))
+            checked = self._verified(key, fp, changed, now)
             trusted = trusted and len(same) == len(known)   # new signatures, or broken ones dropped from the blob
             known = {**same, **checked}
         fresh = self._verified(key, fp, docs, sigs)
@@ -321,7 +326,7 @@ class FeatureStore:
             self._index_cache[cache_key] = ClipIndex(committed)
         return self._index_cache[cache_key]
 
-    def _verified(self, key: str, fp: str, committed: dict[str, dict], sigs: Mapping[str, str]) -> dict[str, dict]:
+    def _verified(self, key: str, fp: str, committed: dict[str, dict], sigs: Mapping[str, dict]) -> dict[str, dict]:
         """The committed segments whose arrays exist with as many rows as their index says, each doc carrying
         its segment's signature from `sigs` (listed before this check) for the next open to compare."""
         ok = {}
@@ -337,7 +342,7 @@ class FeatureStore:
             if bad:
                 self._report_broken(key, fp, seg, "; ".join(bad))
             else:
-                ok[seg] = {**doc, "sig": sigs.get(seg)}
+                ok[seg] = {**doc, "sig": sigs.get(seg, {}).get("sig"), "files": sigs.get(seg, {}).get("files")}
         return ok
 
     def _report_broken(self, key: str, fp: str, seg: str, why: str) -> None:
