@@ -272,7 +272,8 @@ class FeatureStore:
         sigs = self.backend.signatures(where, docs) if docs else {}
         if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
             now = self.backend.signatures(where, known, {s: d.get("files") for s, d in known.items()})
-            same = {s: d for s, d in known.items() if d.get("sig") is not None and d["sig"] == now.get(s, {}).get("sig")}
+            same = {s: d for s, d in known.items()
+                    if d.get("sig") is not None and d["sig"] == now.get(s, {}).get("sig")}
             changed = {s: d for s, d in known.items() if s not in same}
             if changed:   # a fresh signature (a walk: the files may differ from those recorded), then the full check
                 now.update(self.backend.signatures(where, changed))
