@@ -103,6 +103,19 @@ def compact_key(st: FeatureStore, key: str, target_clips: int, fingerprint: Opti
     live = st.index(key, fp, refresh=True).live_by_segment()
     _after_the_last_commit(live)
     before = len(live)
+    # every segment was just checked (refresh above); the per-group refreshes below only fold in each merged
+    # segment (walked and checked as new) and drop its group, without re-checking all the others each time
+    trust, st.trust_index = st.trust_index, True
+    try:
+        _merge_groups(st, key, fp, live, target_clips, writer)
+    finally:
+        st.trust_index = trust
+    after = len(st.index(key, fp, refresh=True).live_by_segment())
+    return Compaction(key, before, after, sum(len(v) for v in live.values()), leftovers)
+
+
+def _merge_groups(st: FeatureStore, key: str, fp: str, live: dict[str, list[str]], target_clips: int,
+                  writer: str) -> None:
     for group in plan_groups(live, target_clips):
         ids = [c for seg in group for c in live[seg]]
         if ids:   # (a group whose clips were all committed again later is left as it is: it serves none)
@@ -112,8 +125,6 @@ def compact_key(st: FeatureStore, key: str, target_clips: int, fingerprint: Opti
             st.index(key, fp, refresh=True)    # the consolidated index now names the merged segment, not the group
             for seg in group:
                 st.backend.delete(f"{key}/{fp}/{seg}")
-    after = len(st.index(key, fp, refresh=True).live_by_segment())
-    return Compaction(key, before, after, sum(len(v) for v in live.values()), leftovers)
 
 
 def compact_stores(stores: Iterable[FeatureStore], store_cfg: StoreConfig, keys: Optional[list[str]] = None,
