@@ -39,8 +39,8 @@ class StoreConfig(Strict):
     # Training reads a split into memory unless its padded tensors would exceed this; then minibatches are
     # streamed from the store, `prefetch_batches` read ahead on a thread (pipeline/stream.py).
     stream_over_mb: float = 4096.0
-    # false: every open also compares each indexed segment's file signature (names, sizes, mtimes / ETags; one
-    # listing pass) with the index and checks the arrays of segments that changed, so a segment damaged after it
+    # false: every open also compares each indexed segment's file signature (names, sizes, mtimes / ETags; a stat
+    # per recorded file, one LIST on object storage) with the index and checks the arrays of segments that changed, so a segment damaged after it
     # was indexed is reported and re-extracted. true: skip even that listing (damage shows up as a read error).
     trust_index: bool = False
     prefetch_batches: int = 2
