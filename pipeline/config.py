@@ -40,8 +40,9 @@ class StoreConfig(Strict):
     # streamed from the store, `prefetch_batches` read ahead on a thread (pipeline/stream.py).
     stream_over_mb: float = 4096.0
     # false: every open also compares each indexed segment's file signature (names, sizes, mtimes / ETags; a stat
-    # per recorded file, one LIST on object storage) with the index and checks the arrays of segments that changed, so a segment damaged after it
-    # was indexed is reported and re-extracted. true: skip even that listing (damage shows up as a read error).
+    # per recorded file, one LIST on object storage) with the index and checks the arrays of segments that
+    # changed, so a segment damaged after it was indexed is reported and re-extracted. true: skip even that
+    # (damage shows up as a read error).
     trust_index: bool = False
     prefetch_batches: int = 2
     # `emocache store compact` merges runs of smaller committed segments into segments of up to this many clips
