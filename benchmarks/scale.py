@@ -6,15 +6,18 @@ For each size N, in a fresh temp directory:
               frame-level and a functional key; video: a frame-level key)
   first open  a new process-level store opening every key (no consolidated index yet: one doc read per
               segment, and the index gets written)
-  open        the same after the first open (the consolidated index: one listing + one blob per key)
+  open        the same after the first open (the consolidated index: one listing + one blob per key, and by
+              default, store.trust_index: false, one listing pass comparing every segment's file signature)
   plan        which of N + 10% listed clips are missing, for every key (what `extract` plans), after the first open
   full read   Cache.read of every clip of every key, padded (what training loads)
   minibatch   50 random 16-clip minibatches of the frame-level audio key (a streaming loader)
+  compact     `emocache store compact` of every key (store.compact_clips clips per merged segment), then open,
+              plan and minibatch again on the compacted stores (segments per key before -> after)
   dvc status  `dvc status` in a temp DVC repo whose dvc.yaml is the project's own dvc.yaml (whatever it is now),
               params.yaml the project's with one generated dataset and experiment, outputs and the generated
               stores in place and committed (`dvc commit`) once before the timing
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1000 10000 100000] [--flush 16] [--no-dvc]
+    .venv/bin/python benchmarks/scale.py [--sizes 1000 10000 100000] [--flush 16] [--no-dvc] [--no-compact]
 
 Times are the best of --repeats (a shared machine can only slow a run down); write and dvc commit are timed once.
 """
@@ -39,6 +42,7 @@ from emocache.config import StoreConfig  # noqa: E402
 from pipeline.catalog import open_catalog  # noqa: E402
 from pipeline.extractors.base import ClipFeatures  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
+from pipeline.store_compact import compact_cache  # noqa: E402
 
 # key -> (family, rows per clip lo..hi, row dim): small rows, so the curve measures metadata, not bandwidth
 KEYS = {"vggish": ("audio", (5, 15), 128), "egemaps": ("audio", (1, 1), 88), "swin": ("video", (4, 8), 64)}
@@ -139,8 +143,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-dvc", action="store_true", help="skip the dvc status column")
-    ap.add_argument("--verify-index", action="store_true",
-                    help="open as the default store.trust_index: false does (each indexed segment's arrays checked)")
+    ap.add_argument("--no-compact", action="store_true", help="skip the compaction columns")
+    ap.add_argument("--trust-index", action="store_true",
+                    help="open with store.trust_index: true (skip the per-open signature check of every segment)")
     ap.add_argument("--flush", type=int, default=StoreConfig().flush_clips,
                     help="clips per segment (store.flush_clips; more = fewer segments = a faster write)")
     args = ap.parse_args()
@@ -151,11 +156,12 @@ def main() -> None:
     print(f"keys {', '.join(f'{k} ({f}, {lo}-{hi} x {d})' for k, (f, (lo, hi), d) in KEYS.items())}; "
           f"{cfg0.flush_clips} clips/segment; best of {args.repeats}")
     print(f"{'clips':>7} {'write s':>8} {'first open s':>12} {'open s':>7} {'plan s':>7} {'full read s':>11} "
-          f"{'minibatch ms':>12} {'dvc commit s':>12} {'dvc status s':>12}")
+          f"{'minibatch ms':>12} {'dvc commit s':>12} {'dvc status s':>12} | {'segments':>13} {'compact s':>9} "
+          f"{'open s':>7} {'plan s':>7} {'minibatch ms':>12}")
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)
-            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush, trust_index=not args.verify_index)
+            cfg = StoreConfig(dir=str(tmp / "cache"), flush_clips=args.flush, trust_index=args.trust_index)
             t0 = time.perf_counter()
             ids = write_stores(tmp, n, cfg)
             t_write = time.perf_counter() - t0
@@ -174,6 +180,18 @@ def main() -> None:
             rng = np.random.default_rng(1)
             batches = [[ids[i] for i in rng.choice(n, BATCH, replace=False)] for _ in range(N_BATCHES)]
             t_mb = best(lambda: [cache.read(["vggish"], b) for b in batches], args.repeats) / N_BATCHES
+            comp = ["", float("nan"), float("nan"), float("nan"), float("nan")]
+            if not args.no_compact:   # before the DVC repo moves the stores
+                segs = sum(len(cache[k].index(k).live_by_segment()) for k in KEYS)
+                t0 = time.perf_counter()
+                done = compact_cache(cfg, tmp)
+                t_compact = time.perf_counter() - t0
+                assert sum(c.clips for c in done) == len(KEYS) * n
+                t_open2 = best(lambda: open_all(cfg, tmp), args.repeats)
+                t_plan2 = best(lambda: plan(cfg, tmp, listed), args.repeats)
+                cache = open_all(cfg, tmp)
+                t_mb2 = best(lambda: [cache.read(["vggish"], b) for b in batches], args.repeats) / N_BATCHES
+                comp = [f"{segs} -> {sum(c.segments_after for c in done)}", t_compact, t_open2, t_plan2, t_mb2 * 1000]
             commit = status = float("nan")
             if not args.no_dvc:
                 t0 = time.perf_counter()
@@ -184,7 +202,8 @@ def main() -> None:
                 if "changed" in out or "modified" in out:
                     print(f"  note: dvc status reports changes after commit: {out.strip()[:200]}")
             print(f"{n:>7} {t_write:>8.1f} {t_first:>12.3f} {t_open:>7.3f} {t_plan:>7.3f} {t_full:>11.3f} "
-                  f"{t_mb * 1000:>12.2f} {commit:>12.1f} {status:>12.2f}", flush=True)
+                  f"{t_mb * 1000:>12.2f} {commit:>12.1f} {status:>12.2f} | {comp[0]:>13} {comp[1]:>9.1f} "
+                  f"{comp[2]:>7.3f} {comp[3]:>7.3f} {comp[4]:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":

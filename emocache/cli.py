@@ -244,6 +244,22 @@ def status(params: str = PARAMS):
         typer.echo(line)
 
 
+store_app = typer.Typer(no_args_is_help=True, help="Maintain the feature stores under store.dir.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("compact")
+def store_compact(key: Optional[list[str]] = typer.Option(None, "--key", "-k", help="extractor keys (default: all)"),
+                  params: str = PARAMS):
+    """Merge small committed segments into ones of up to store.compact_clips clips (kill -9 safe; waits for a
+    running extract). One line per key."""
+    from pipeline.store_compact import compact_cache
+
+    cfg = _config(params)
+    for c in compact_cache(cfg.store, Path(cfg.base_dir), key or None):
+        typer.echo(c.line())
+
+
 @app.command()
 def doctor(params: str = PARAMS):
     """Check ffmpeg, torch device, each extractor's weights and key package versions."""

@@ -39,11 +39,15 @@ class StoreConfig(Strict):
     # train, tune and evaluate read a dataset into memory unless its padded tensors would exceed this; then
     # minibatches are streamed from the store, `prefetch_batches` read ahead on a thread (pipeline/stream.py).
     stream_over_mb: float = 4096.0
-    # false: every open also checks each indexed segment's arrays (row counts), so a segment damaged after it
-    # was indexed is reported and re-extracted. true: trust the consolidated index (one read per key: the fast
-    # open of a very large cache, benchmarks/scale.py), and damage shows up only as a read error.
+    # false: every open also compares each indexed segment's file signature (names, sizes, mtimes / ETags; a stat
+    # per recorded file, one LIST on object storage) with the index and checks the arrays of segments that
+    # changed, so a segment damaged after it was indexed is reported and re-extracted. true: skip even that
+    # (damage shows up as a read error).
     trust_index: bool = False
     prefetch_batches: int = 2
+    # `emocache store compact` merges runs of smaller committed segments into segments of up to this many clips
+    # (pipeline/store_compact.py): fewer files to list at open, fewer to touch per minibatch.
+    compact_clips: int = 1024
 
 
 class WeightsFetchConfig(Strict):

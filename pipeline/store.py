@@ -20,8 +20,10 @@ ignore and the next run deletes. Rows of one clip are contiguous inside one segm
 clip reads in one or few chunk reads. Concurrent writers (Ray workers) use distinct segment
 names and never touch each other's segments; separate runs take the store's writer lock
 (pipeline/store_lock.py) so that only segments of dead writers are ever collected. Readers check a
-committed index against its arrays (once, before it enters the consolidated index): a segment whose arrays
-are missing or short is reported and its clips count as missing (re-extracted), never trusted.
+committed index against its arrays before it enters the consolidated index, and again whenever its files
+change (the index keeps a signature of them, compared at every open in one listing pass:
+pipeline/segment_signature.py): a segment whose arrays are missing or short is reported and its clips count as
+missing (re-extracted), never trusted.
 
 HDF5: `<root>` is a directory; every segment is one self-contained `.h5` file written under a
 temporary name and renamed into place (the commit), and JSON documents sit beside them.
@@ -98,6 +100,17 @@ class ClipIndex(Mapping):
     def ids(self) -> AbstractSet[str]:
         return self._pos.keys()
 
+    def live_by_segment(self) -> dict[str, list[str]]:
+        """Segment -> the clip ids that resolve to it (in row order); a clip committed again later is live only
+        in its later segment."""
+        pos = np.fromiter(self._pos.values(), np.int64, len(self._pos))
+        ids = list(self._pos)
+        order = np.lexsort((self._off[pos], self._seg[pos]))
+        out: dict[str, list[str]] = {seg: [] for seg in self._segs}
+        for j in order:
+            out[self._segs[self._seg[pos[j]]]].append(ids[j])
+        return out
+
 
 @dataclass
 class ClipRows:
@@ -107,7 +120,7 @@ class ClipRows:
 
 
 def new_segment_id(writer: str = "") -> str:
-    # Sortable by time, unique across processes and machines.
+    # Sortable by time (to the second), unique across processes and machines.
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{writer or 'w'}-{uuid.uuid4().hex[:10]}"
 
 
@@ -131,6 +144,8 @@ class FeatureStore:
         self.remote_gc_age_s = StoreConfig().remote_gc_age_s if remote_gc_age_s is None else remote_gc_age_s
         # (key, fingerprint) -> {segment: why it cannot be trusted}; filled while indexing
         self.broken: dict[tuple[str, str], dict[str, str]] = {}
+        # (key, fingerprint) -> segments on disk that a committed compacted segment replaces (gc deletes them)
+        self.retired: dict[tuple[str, str], list[str]] = {}
         self.format = fmt
         backend = {"zarr": ZarrBackend, "hdf5": HDF5Backend}[fmt]
         self.backend = backend(self.root, compressor, chunk_mb, storage_options)
@@ -238,18 +253,38 @@ class FeatureStore:
 
     def _scan(self, key: str, fp: str) -> tuple[dict[str, dict], list[str]]:
         """(verified committed segment -> index doc, uncommitted segments): the consolidated index plus the
-        segments it does not know yet, which are read, checked and folded into it (best effort)."""
+        segments it does not know yet, which are read, checked and folded into it (best effort). Segments a
+        committed compacted segment replaces are retired: never indexed, left for gc_uncommitted to delete."""
         names = self._segment_names(key, fp)
         known, trusted = self._load_index(key, fp, names)
-        if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check them too
-            checked = self._verified(key, fp, known)
-            trusted = trusted and len(checked) == len(known)   # drop the broken ones from the blob
-            known = checked
-        committed, pending = self._segment_docs(key, fp, [s for s in names if s not in known])
-        fresh = self._verified(key, fp, committed)
+        unknown = [s for s in names if s not in known]
+        retired = {r for d in known.values() for r in d.get("replaces", ())}
+        docs, pending = self._segment_docs(key, fp, [s for s in unknown if s not in retired])
+        retired |= {r for d in docs.values() for r in d.get("replaces", ())}
+        self.retired[(key, fp)] = sorted(retired & set(names))
+        if retired & known.keys():   # the blob predates a compaction's commit: rewrite it without them
+            trusted = False
+            known = {s: d for s, d in known.items() if s not in retired}
+        docs = {s: d for s, d in docs.items() if s not in retired}
+        pending = [s for s in pending if s not in retired]
+        where = f"{key}/{fp}"
+        # each segment's signature is taken before its check, so a change after the check shows at the next open
+        sigs = self.backend.signatures(where, docs) if docs else {}
+        if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
+            now = self.backend.signatures(where, known, {s: d.get("files") for s, d in known.items()})
+            same = {s: d for s, d in known.items()
+                    if d.get("sig") is not None and d["sig"] == now.get(s, {}).get("sig")}
+            changed = {s: d for s, d in known.items() if s not in same}
+            if changed:   # a fresh signature (a walk: the files may differ from those recorded), then the full check
+                now.update(self.backend.signatures(where, changed))
+            checked = self._verified(key, fp, changed, now)
+            trusted = trusted and len(same) == len(known)   # new signatures, or broken ones dropped from the blob
+            known = {**same, **checked}
+        fresh = self._verified(key, fp, docs, sigs)
         committed = {**known, **fresh}
         if fresh or (not trusted and committed):
-            self._write_index(key, fp, committed)
+            on_disk = set(names)   # a compacted segment's `replaces` matter only while those segments exist
+            self._write_index(key, fp, {s: _replacing(d, on_disk) for s, d in committed.items()})
         return committed, pending
 
     def _load_index(self, key: str, fp: str, names: list[str]) -> tuple[dict[str, dict], bool]:
@@ -292,8 +327,9 @@ class FeatureStore:
             self._index_cache[cache_key] = ClipIndex(committed)
         return self._index_cache[cache_key]
 
-    def _verified(self, key: str, fp: str, committed: dict[str, dict]) -> dict[str, dict]:
-        """The committed segments whose arrays exist with as many rows as their index says."""
+    def _verified(self, key: str, fp: str, committed: dict[str, dict], sigs: Mapping[str, dict]) -> dict[str, dict]:
+        """The committed segments whose arrays exist with as many rows as their index says, each doc carrying
+        its segment's signature from `sigs` (listed before this check) for the next open to compare."""
         ok = {}
         for seg, doc in committed.items():
             total = int(sum(doc["lengths"]))
@@ -307,7 +343,7 @@ class FeatureStore:
             if bad:
                 self._report_broken(key, fp, seg, "; ".join(bad))
             else:
-                ok[seg] = doc
+                ok[seg] = {**doc, "sig": sigs.get(seg, {}).get("sig"), "files": sigs.get(seg, {}).get("files")}
         return ok
 
     def _report_broken(self, key: str, fp: str, seg: str, why: str) -> None:
@@ -330,10 +366,11 @@ class FeatureStore:
         _, pending = self._scan(key, fingerprint)           # fills self.broken
         if "://" in self.root:
             pending = [seg for seg in pending if self._age_s(f"{key}/{fingerprint}/{seg}", seg) > self.remote_gc_age_s]
-        doomed = [*pending, *self.broken.get((key, fingerprint), {})]
+        doomed = [*pending, *self.broken.get((key, fingerprint), {}), *self.retired.get((key, fingerprint), [])]
         for seg in doomed:
             self.backend.delete(f"{key}/{fingerprint}/{seg}")
         self.broken.pop((key, fingerprint), None)
+        self.retired.pop((key, fingerprint), None)
         self._index_cache.pop((key, fingerprint), None)
         partial = self.backend.remove_partial_files(f"{key}/{fingerprint}") if "://" not in self.root else 0
         return len(doomed) + partial
@@ -348,8 +385,12 @@ class FeatureStore:
         return float("inf") if started is None else time.time() - float(started)
 
     # -- write
-    def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "") -> str:
-        """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name."""
+    def write_segment(self, key: str, fingerprint: str, clips: list[tuple[str, Any]], writer: str = "",
+                      replaces: Iterable[str] = ()) -> str:
+        """Commit a batch of (clip_id, ClipFeatures) as one segment. Returns the segment name.
+
+        `replaces`: segments whose clips this one holds (compaction, pipeline/store_compact.py); its commit retires
+        them in the same atomic write, so no reader sees their clips twice or misses one."""
         if not clips:
             raise ValueError("write_segment needs at least one clip")
         # Clips with 0 rows (a documented empty modality) may carry no arrays; others must agree.
@@ -372,6 +413,8 @@ class FeatureStore:
         doc = {"committed": True, "written_at": time.time(),
                "index": {"clip_ids": [c for c, _ in clips], "offsets": offsets, "lengths": lengths,
                          "attrs": [_jsonable(f.attrs) for _, f in clips], "arrays": names}}
+        if replaces:
+            doc["index"]["replaces"] = sorted(replaces)
         seg = new_segment_id(writer)
         path = f"{key}/{fingerprint}/{seg}"
         with self._writing(f"segment {path} ({len(clips)} clips)", cleanup=path):
@@ -519,6 +562,15 @@ def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(nonempty, axis=0)
     tail = next((p.shape[1:] for p in parts if p.ndim > 1), ())
     return np.zeros((0, *tail), dtype=parts[0].dtype)
+
+
+def _replacing(doc: dict, on_disk: set[str]) -> dict:
+    """The doc with `replaces` cut to the segments still on disk (dropped once none is)."""
+    if "replaces" not in doc:
+        return doc
+    left = [r for r in doc["replaces"] if r in on_disk]
+    out = {k: v for k, v in doc.items() if k != "replaces"}
+    return {**out, "replaces": left} if left else out
 
 
 def _jsonable(d: dict) -> dict:

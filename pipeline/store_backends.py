@@ -14,11 +14,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
 from pipeline.raw_rows import RawLayout, native_order, read_rows
+from pipeline.segment_signature import dir_signature, files_signature, listing_signatures
 
 
 def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int, chunk_mb: float) -> int:
@@ -218,6 +219,30 @@ class ZarrBackend:
             raise KeyError(f"{path}: segment group not readable")
         return {name: int(a.shape[0]) for name, a in g.arrays()}
 
+    def signatures(self, path: str, segments: Iterable[str],
+                   recorded: Optional[Mapping[str, Optional[list[str]]]] = None) -> dict[str, dict]:
+        """Segment -> {"sig": digest of its files (names, sizes, mtimes or ETags), "files"} for the given segments
+        below `path`: locally one stat per file `recorded` for it, else a walk of its directory; on object
+        storage one listing of `path` (every segment in it)."""
+        if "://" not in self.root_path:
+            base, recorded = f"{Path(self.root_path) / path}", recorded or {}
+            out = {}
+            for seg in segments:
+                files = recorded.get(seg)
+                sig = files_signature(f"{base}/{seg}", files) if files else dir_signature(f"{base}/{seg}")
+                if sig is not None:
+                    out[seg] = sig
+            return out
+        from zarr.core.sync import sync
+
+        fs, prefix = self.root.store.fs, f"{self.root.store.path.rstrip('/')}/{path}"
+        fs.invalidate_cache()
+        try:   # zarr's fsspec filesystems are async: list on zarr's own event loop
+            listing = sync(fs._find(prefix, detail=True)) if fs.async_impl else fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        return listing_signatures(listing, prefix)
+
     def delete(self, path: str) -> None:
         from zarr.core.sync import sync
 
@@ -360,6 +385,16 @@ class HDF5Backend:
     def row_counts(self, path: str) -> dict[str, int]:
         with self.h5py.File(self.root / f"{path}.h5", "r") as f:
             return {name: int(f[name].shape[0]) for name in f if isinstance(f[name], self.h5py.Dataset)}
+
+    def signatures(self, path: str, segments: Iterable[str],
+                   recorded: Optional[Mapping[str, Optional[list[str]]]] = None) -> dict[str, dict]:
+        """Segment -> {"sig": digest of its .h5 file's size and mtime}: one stat per segment."""
+        base, out = self.root / path, {}
+        for seg in segments:
+            sig = files_signature(str(base / f"{seg}.h5"), [""])
+            if sig is not None:
+                out[seg] = {"sig": sig["sig"]}
+        return out
 
     def delete(self, path: str) -> None:
         import shutil

@@ -11,8 +11,12 @@ and a blob that cannot be trusted is rebuilt from them with a warning saying why
 - disagreeing with the segments on disk (it lists a segment that is gone).
 
 Layout: one JSON header line {format, version, sha256, bytes} then the JSON body
-{key, fingerprint, segments: {segment: {n, ids, lengths, [offsets], attrs, arrays}}}, each segment's index doc
-in columns (`_pack`), so 100k clips decode in milliseconds rather than as 400k JSON tokens.
+{key, fingerprint, segments: {segment: {n, ids, lengths, [offsets], attrs, arrays, [sig, files], [replaces]}}},
+each segment's index doc in columns (`_pack`), so 100k clips decode in milliseconds rather than as 400k JSON
+tokens. `sig` is the digest of the segment's files (listed in `files`) when its arrays were last checked: an open
+compares it with one stat per file and re-checks only the segments whose files changed (an entry without one is
+checked, as older emocache wrote them). `replaces`: the segments a compacted segment retires that are still on disk
+(pipeline/store_compact.py).
 """
 from __future__ import annotations
 
@@ -43,6 +47,12 @@ def _pack(doc: dict) -> dict:
               "ids": ids if any("\n" in c for c in ids) else "\n".join(ids),
               "lengths": base64.b64encode(lengths.tobytes()).decode(),
               "attrs": {str(i): a for i, a in enumerate(doc["attrs"]) if a}}
+    if doc.get("sig"):   # the segment's files when it was checked (pipeline/segment_signature.py)
+        packed["sig"] = doc["sig"]
+        if doc.get("files"):
+            packed["files"] = "\n".join(doc["files"])
+    if doc.get("replaces"):   # a compacted segment: the ones it retires (pipeline/store_compact.py)
+        packed["replaces"] = list(doc["replaces"])
     running = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(ids) else lengths
     if not np.array_equal(running, offsets):
         packed["offsets"] = base64.b64encode(offsets.tobytes()).decode()
@@ -59,7 +69,14 @@ def _unpack(p: dict) -> dict:
     for i, a in p["attrs"].items():
         attrs[int(i)] = a
     # offsets and lengths stay int64 arrays: ClipIndex concatenates them without a Python int per clip
-    return {"clip_ids": ids, "offsets": offsets, "lengths": lengths, "attrs": attrs, "arrays": list(p["arrays"])}
+    doc = {"clip_ids": ids, "offsets": offsets, "lengths": lengths, "attrs": attrs, "arrays": list(p["arrays"])}
+    if isinstance(p.get("sig"), str):
+        doc["sig"] = p["sig"]
+        if isinstance(p.get("files"), str):
+            doc["files"] = p["files"].split("\n")
+    if "replaces" in p:
+        doc["replaces"] = [str(r) for r in p["replaces"]]
+    return doc
 
 
 def encode_index(key: str, fingerprint: str, segments: dict[str, dict]) -> bytes:

@@ -195,3 +195,110 @@ def test_packed_columns_round_trip_every_doc_shape():
             "s3": {"clip_ids": [], "offsets": [], "lengths": [], "attrs": [], "arrays": []}}
     got = decode_index(encode_index("k", "fp", docs), "k", "fp")
     assert {seg: {**d, "offsets": list(d["offsets"]), "lengths": list(d["lengths"])} for seg, d in got.items()} == docs
+
+
+def _array_checks(st: FeatureStore, monkeypatch) -> list[str]:
+    seen = []
+    real = st.backend.row_counts
+
+    def counting(path):
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(st.backend, "row_counts", counting)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["zarr", "hdf5", "fsspec"])
+def test_default_open_checks_no_unchanged_segment(tmp_path, where, monkeypatch):
+    """trust_index: false (the default) compares each indexed segment's file signature in one listing pass:
+    an unchanged store opens with no per-segment metadata read at all."""
+    root = f"file://{tmp_path}/s" if where == "fsspec" else tmp_path / "s"
+    fmt, opts = ("zarr", {"auto_mkdir": True}) if where == "fsspec" else (where, None)
+    first = FeatureStore(root, fmt, storage_options=opts)
+    first.set_current("k", "fp", {})
+    for s in range(4):
+        first.write_segment("k", "fp", [(f"c{s}_{i}", feats(s * 10 + i, 1 + i)) for i in range(3)])
+    assert len(first.index("k")) == 12
+    st = FeatureStore(root, fmt, storage_options=opts)
+    assert not st.trust_index
+    checks, reads = _array_checks(st, monkeypatch), _segment_doc_reads(st, monkeypatch)
+    assert sorted(st.index("k")) == sorted(first.index("k"))
+    assert checks == [] and reads == []
+
+
+def _damage(tmp_path, fmt, how) -> tuple[FeatureStore, str, set]:
+    st = _store(tmp_path, fmt)
+    st.index("k")                                     # consolidated, with every segment's signature
+    committed, _ = st.segments("k", "fp")
+    seg = sorted(committed)[1]
+    d = tmp_path / "s" / "k" / "fp"
+    if how == "array gone":                           # an array vanishes under the committed index
+        st.backend.delete(f"k/fp/{seg}/features")
+    elif how == "shape rewritten":                    # the array's metadata says fewer rows (same byte size)
+        meta = d / seg / "features" / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["shape"][0] -= 1
+        time.sleep(0.01)
+        meta.write_text(json.dumps(doc))
+    elif how == "file truncated":                     # a damaged .h5 segment file
+        f = d / f"{seg}.h5"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return st, seg, set(committed[seg]["clip_ids"])
+
+
+@pytest.mark.parametrize("fmt,how", [("zarr", "array gone"), ("zarr", "shape rewritten"), ("hdf5", "file truncated")])
+def test_damage_after_indexing_is_caught_by_the_signature(tmp_path, fmt, how, monkeypatch, caplog):
+    first, seg, lost = _damage(tmp_path, fmt, how)
+    st = FeatureStore(tmp_path / "s", fmt)
+    checks = _array_checks(st, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="emocache.store"):
+        idx = st.index("k")
+    assert checks == [f"k/fp/{seg}"]                   # only the changed segment is checked in full
+    assert not lost & set(idx) and len(idx) == 12 - len(lost)
+    assert list(st.broken[("k", "fp")]) == [seg]
+    assert any(seg in r.getMessage() and "broken" in r.getMessage() for r in caplog.records)
+    # still reported on every later open (never folded into the index as good)
+    again = FeatureStore(tmp_path / "s", fmt)
+    assert not lost & set(again.index("k")) and list(again.broken[("k", "fp")]) == [seg]
+
+
+def test_a_touched_segment_is_checked_once_then_trusted_again(tmp_path, monkeypatch):
+    """A changed signature without damage (e.g. a copy that did not keep mtimes): one full check, the new
+    signature recorded, the next open checks nothing."""
+    first = _store(tmp_path, "zarr")
+    first.index("k")
+    seg = sorted(first.segments("k", "fp")[0])[0]
+    f = tmp_path / "s" / "k" / "fp" / seg / "zarr.json"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    st = FeatureStore(tmp_path / "s", "zarr")
+    checks = _array_checks(st, monkeypatch)
+    assert len(st.index("k")) == 12 and checks == [f"k/fp/{seg}"] and not st.broken.get(("k", "fp"))
+    st2 = FeatureStore(tmp_path / "s", "zarr")
+    checks2 = _array_checks(st2, monkeypatch)
+    assert len(st2.index("k")) == 12 and checks2 == []
+
+
+def test_s3_store_open_lists_once_and_catches_a_vanished_array(s3_endpoint, monkeypatch):
+    """On object storage the signature is the listing's sizes and ETags: an unchanged store opens with no
+    per-segment read; an array deleted under the index is caught and reported."""
+    import boto3
+
+    opts = {"key": "testing", "secret": "testing", "endpoint_url": s3_endpoint,
+            "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="sig")
+    url = "s3://sig/audio.zarr"
+    first = FeatureStore(url, storage_options=opts)
+    first.set_current("k", "fp", {})
+    for s in range(3):
+        first.write_segment("k", "fp", [(f"c{s}_{i}", feats(s * 10 + i, 1 + i)) for i in range(2)])
+    assert len(first.index("k")) == 6
+    st = FeatureStore(url, storage_options=opts)
+    checks, reads = _array_checks(st, monkeypatch), _segment_doc_reads(st, monkeypatch)
+    assert len(st.index("k")) == 6 and checks == [] and reads == []
+    seg = sorted(first.segments("k", "fp")[0])[2]
+    first.backend.delete(f"k/fp/{seg}/features")
+    st2 = FeatureStore(url, storage_options=opts)
+    checks2 = _array_checks(st2, monkeypatch)
+    assert len(st2.index("k")) == 4 and checks2 == [f"k/fp/{seg}"] and list(st2.broken[("k", "fp")]) == [seg]
