@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -86,6 +87,10 @@ class LogRegHead(HeadKind):
         z = z - z.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
+
+    @classmethod
+    def search_kind(cls, n_modalities: int) -> Optional[str]:
+        return cls.name   # `tune` searches its C (heads/tune.py)
 
     def state(self) -> dict:
         """Plain tensors only (checkpoints load with weights_only=True)."""

@@ -134,13 +134,19 @@ class TuneConfig(Strict):
     """`emocache tune`: the Optuna search space (validation split only) and how the search runs."""
     trials: int = 30
     seed: int = 0                           # sampler seed and the one training seed each trial uses
-    heads: list[str] = Field(default_factory=lambda: ["linear", "mlp", "own"])   # own = the experiment's head
+    # own = the experiment's head; logreg = the registry's sklearn kind (only its C is searched)
+    heads: list[str] = Field(default_factory=lambda: ["linear", "mlp", "logreg", "own"])
     lr: tuple[float, float] = (1e-4, 3e-3)              # log-uniform
     weight_decay: tuple[float, float] = (1e-6, 1e-1)    # log-uniform
     hidden: list[int] = Field(default_factory=lambda: [128, 256, 512, 1024])
     dropout: tuple[float, float] = (0.0, 0.5)
     epochs_scale: tuple[float, float] = (0.5, 2.0)      # x the recipe's epochs (log-uniform)
     class_balance: list[str] = Field(default_factory=lambda: ["none", "sqrt", "inverse"])
+    logreg_c: tuple[float, float] = (1e-3, 1e2)         # logreg's C (log-uniform)
+    # A val split this small scores noise (12 clips for 8 classes): below cv_below_clips val clips each trial is
+    # scored instead by cv_folds-fold cross-validation over train + val (test rows are still never read).
+    cv_folds: int = 5                       # < 2 = never cross-validate
+    cv_below_clips: int = 200
     prune: bool = True                      # stop hopeless trials early (Optuna median pruner on val scores)
     prune_startup_trials: int = 5
     prune_warmup_epochs: int = 5

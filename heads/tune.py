@@ -8,8 +8,13 @@
 
 The search gets a copy of the data that physically lacks the test split (heads.data.without_split): test
 features and labels never reach it. Validation is the clip table's val split, or the same deterministic
-carve-out of train that `train` uses (train.val_carve). Trials that trail the median of earlier trials at the
-same epoch are stopped early (Optuna's median pruner), which is most of the speed of a 30-trial search.
+carve-out of train that `train` uses (train.val_carve). When that split has fewer than tune.cv_below_clips
+clips, its score is mostly noise, so each trial is scored instead by tune.cv_folds-fold cross-validation over
+train + val (stratified for single-label; the mean of the folds' best validation scores). Head kinds: the
+neural ones (lr, weight decay, epochs, class balance, width, dropout) and logreg (its C). Trials that trail the
+median of earlier trials at the same epoch are stopped early (Optuna's median pruner), which is most of the
+speed of a 30-trial search; cross-validated networks are pruned the same way fold by fold (their running mean
+against earlier trials' after the same fold).
 """
 from __future__ import annotations
 
@@ -20,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 
-from heads.config import ExperimentConfig
+from heads.config import ExperimentConfig, TuneConfig
 from heads.data import HeadData, carve_validation, without_split
 from heads.neural import fit_neural, neural_kinds, resolve_device
 from heads.registry import head_kind
 from heads.schedule import resolve_schedule
-from heads.scoring import select_metric
+from heads.scoring import select_metric, val_score
 from heads.train import train_on_data
 from pipeline.errors import InputError
 
@@ -37,6 +43,7 @@ class TuneError(InputError, ValueError):
 
 
 OWN = "own"   # the experiment's own head kind in tune.heads
+CLOSED_FORM = ("logreg",)   # kinds fitted whole (no epochs, nothing to prune): the search varies only their C
 
 
 @dataclass
@@ -46,19 +53,24 @@ class SearchResult:
     metric: str
     trials: list[dict]           # number, state, value, params, epochs_run, seconds
     seconds: float
+    cv_folds: int = 0            # > 0: trials scored by this many folds over train + val, not by val
 
     def summary(self) -> dict:
         states = [t["state"] for t in self.trials]
-        return {"params": self.params, "val_score": self.value, "metric": self.metric,
-                "n_trials": len(self.trials), "n_complete": states.count("COMPLETE"),
-                "n_pruned": states.count("PRUNED"), "seconds": self.seconds, "split": "val"}
+        out = {"params": self.params, "val_score": self.value, "metric": self.metric,
+               "n_trials": len(self.trials), "n_complete": states.count("COMPLETE"),
+               "n_pruned": states.count("PRUNED"), "seconds": self.seconds,
+               "split": "cv" if self.cv_folds else "val"}
+        if self.cv_folds:
+            out["cv_folds"] = self.cv_folds
+        return out
 
 
 def candidate_heads(exp: ExperimentConfig) -> list[str]:
     """tune.heads with 'own' resolved, each through its kind's search_kind (e.g. 'mlp' means early_fusion when
     the experiment has several modalities; late_fusion searches its per-modality MLPs)."""
     out = []
-    searchable = neural_kinds()
+    searchable = [*neural_kinds(), *CLOSED_FORM]
     for h in exp.tune.heads:
         kind = head_kind(exp.head if h == OWN else h).search_kind(len(exp.modalities))
         if kind not in searchable:
@@ -76,6 +88,8 @@ def candidate_heads(exp: ExperimentConfig) -> list[str]:
 def trial_experiment(exp: ExperimentConfig, params: Mapping) -> ExperimentConfig:
     """The experiment with one trial's params applied (head kind, train.*, the head's own width/dropout)."""
     kind = params["head"]
+    if kind in CLOSED_FORM:
+        return exp.model_copy(update={"head": kind, "logreg": exp.logreg.model_copy(update={"c": params["c"]})})
     train = exp.train.model_copy(update={"lr": params["lr"], "weight_decay": params["weight_decay"],
                                          "epochs": params["epochs"], "class_balance": params["class_balance"]})
     update: dict = {"head": kind, "train": train}
@@ -84,6 +98,34 @@ def trial_experiment(exp: ExperimentConfig, params: Mapping) -> ExperimentConfig
         update[section] = getattr(exp, section).model_copy(update={"hidden": params["hidden"],
                                                                    "dropout": params["dropout"]})
     return exp.model_copy(update=update)
+
+
+def cv_splits(data: HeadData, space: TuneConfig) -> list[HeadData]:
+    """The data once per fold, train + val re-split (test untouched), when the val split is under
+    tune.cv_below_clips clips; [] otherwise. Folds are stratified by class for single-label data (fewer folds
+    when even the largest class has fewer than tune.cv_folds clips)."""
+    import warnings
+
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if space.cv_folds < 2 or len(data.splits["val"]) >= space.cv_below_clips:
+        return []
+    pool = torch.cat([data.splits["train"], data.splits["val"]])
+    if len(pool) < 2 * space.cv_folds:
+        raise TuneError(f"tune.cv_folds {space.cv_folds}: train + val hold only {len(pool)} clips")
+    if data.multilabel:
+        folds = KFold(space.cv_folds, shuffle=True, random_state=space.seed).split(np.zeros(len(pool)))
+    else:
+        y = data.targets(pool).numpy()
+        k = min(space.cv_folds, int(np.bincount(y).max()))   # stratifying needs one class with k clips
+        if k < 2:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "least populated class has fewer members than n_splits"
+            folds = list(StratifiedKFold(k, shuffle=True, random_state=space.seed).split(np.zeros(len(pool)), y))
+    return [HeadData(data.clip_ids, data.modalities, data.y,
+                     dict(data.splits, train=pool[torch.from_numpy(tr)], val=pool[torch.from_numpy(va)]),
+                     data.vocab, data.multilabel, dict(data.meta)) for tr, va in folds]
 
 
 def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) -> SearchResult:
@@ -101,10 +143,34 @@ def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) 
     heads = candidate_heads(exp)
     base_epochs = resolve_schedule(tc, len(data.splits["train"])).epochs
     metric = select_metric(tc, data.multilabel)
+    if metric == "loss" and any(h in CLOSED_FORM for h in heads):
+        raise TuneError(f"train.select_metric 'loss' scores only networks; drop {', '.join(CLOSED_FORM)} from "
+                        "tune.heads or select on a metric")
+    folds = cv_splits(data, space)
     log: dict[int, dict] = {}
+
+    def fit_score(kind: str, texp: ExperimentConfig, d: HeadData, on_eval) -> tuple[float, dict]:
+        """The best validation score of one fit on `d`, and what the trial log records of it."""
+        if kind in CLOSED_FORM:
+            head = head_kind(kind).fit(texp, d, keys, space.seed, device)
+            return val_score(d, head.predict_proba(d.inputs(d.splits["val"], keys)), metric, tc), {}
+        fit = fit_neural(kind, texp, d, keys, space.seed, device, on_eval=on_eval, show_progress=False)
+        scores = [h["val_score"] for h in fit.history if "val_score" in h]
+        return max(scores), {"epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch}
 
     def objective(trial: "optuna.Trial") -> float:
         kind = trial.suggest_categorical("head", heads)
+        t0 = time.perf_counter()
+        if kind in CLOSED_FORM:
+            params = {"head": kind, "c": trial.suggest_float("c", *space.logreg_c, log=True)}
+            log[trial.number] = {"params": params}
+            texp = trial_experiment(exp, params)
+            if folds:
+                value = float(np.mean([fit_score(kind, texp, d, None)[0] for d in folds]))
+            else:
+                value = fit_score(kind, texp, data, None)[0]
+            log[trial.number]["seconds"] = time.perf_counter() - t0
+            return value
         params = {"head": kind,
                   "lr": trial.suggest_float("lr", *space.lr, log=True),
                   "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
@@ -122,18 +188,27 @@ def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) 
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        t0 = time.perf_counter()
         log[trial.number] = {"params": params}
-        fit = fit_neural(kind, texp, data, keys, space.seed, device, on_eval=on_eval, show_progress=False)
-        scores = [h["val_score"] for h in fit.history if "val_score" in h]
-        log[trial.number].update(epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
-                                 seconds=time.perf_counter() - t0)
-        return max(scores)
+        if folds:
+            fits = []
+            for i, d in enumerate(folds):
+                fits.append(fit_score(kind, texp, d, None))
+                log[trial.number].update({k: [f[k] for _, f in fits] for k in ("epochs_run", "best_epoch")})
+                if space.prune:
+                    trial.report(float(np.mean([v for v, _ in fits])), i)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+            value = float(np.mean([v for v, _ in fits]))
+            info = {}
+        else:
+            value, info = fit_score(kind, texp, data, on_eval)
+        log[trial.number].update(info, seconds=time.perf_counter() - t0)
+        return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # quiet: one line per stage
     sampler = optuna.samplers.TPESampler(seed=space.seed)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=space.prune_startup_trials,
-                                          n_warmup_steps=space.prune_warmup_epochs)
+                                          n_warmup_steps=0 if folds else space.prune_warmup_epochs)
               if space.prune else optuna.pruners.NopPruner())
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     t0 = time.perf_counter()
@@ -143,7 +218,7 @@ def search(exp: ExperimentConfig, data: HeadData, trials: Optional[int] = None) 
              **{k: v for k, v in log.get(t.number, {}).items() if k != "params"},
              "params": log.get(t.number, {}).get("params", {})} for t in study.trials]
     best = study.best_trial
-    return SearchResult(log[best.number]["params"], float(best.value), metric, rows, seconds)
+    return SearchResult(log[best.number]["params"], float(best.value), metric, rows, seconds, len(folds))
 
 
 def tune_on_data(exp: ExperimentConfig, data: HeadData, out_dir: str | Path, trials: Optional[int] = None,

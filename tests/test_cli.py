@@ -249,8 +249,9 @@ def test_tune_writes_like_train_with_the_chosen_params(project, extracted, tmp_p
     res = run("tune", "rav_egemaps_val", "--trials", "3", "--params", p, "--out", tmp_path / "m",
               "--metrics-dir", tmp_path / "metrics")
     doc = json.loads((tmp_path / "metrics/rav_egemaps_val_tuned.json").read_text())
-    assert doc["tuning"]["n_trials"] == 3 and doc["tuning"]["split"] == "val"
-    assert doc["head"] == doc["tuning"]["params"]["head"] in ("linear", "mlp")
+    # 3 val clips (< tune.cv_below_clips): trials are scored by cross-validation over train + val
+    assert doc["tuning"]["n_trials"] == 3 and doc["tuning"]["split"] == "cv" and doc["tuning"]["cv_folds"] >= 2
+    assert doc["head"] == doc["tuning"]["params"]["head"] in ("linear", "mlp", "logreg")
     assert doc["n_clips"] == {"train": 12, "val": 3, "test": 15} and doc["seeds"] == [0, 1]
     assert (tmp_path / "m/rav_egemaps_val_tuned/model.pt").is_file()
     assert (tmp_path / "metrics/plots/rav_egemaps_val_tuned/tune_trials.csv").is_file()

@@ -105,7 +105,8 @@ def test_search_never_reads_test_and_result_is_written_like_train(tmp_path):
     from heads.tune import search, tune_on_data
 
     data = make_synthetic(300, {"x": (2, 8)}, 4, multilabel=False, signal=0.5, seed=3)
-    exp = tune_exp()
+    # the networks on the val split (epochs, pruning); cross-validation and logreg: the test below
+    exp = tune_exp(heads=["linear", "mlp"], cv_folds=0)
     clean, dirty = search(exp, data), search(exp, poisoned(data))
     assert [(t["state"], t["value"], t["params"]) for t in clean.trials] == \
            [(t["state"], t["value"], t["params"]) for t in dirty.trials]
@@ -129,4 +130,53 @@ def test_search_needs_validation():
     data.splits["val"] = torch.zeros(0, dtype=torch.int64)
     exp = tune_exp().model_copy(update={"train": TrainConfig(val_carve=0.0, device="cpu")})
     with pytest.raises(ValueError, match="validation split"):
+        search(exp, data)
+
+
+def test_small_val_is_replaced_by_cross_validation_over_train_and_val():
+    from heads.tune import cv_splits
+
+    data = make_synthetic(90, {"x": (1, 4)}, 3, multilabel=False, seed=1)
+    space = tune_exp(cv_folds=3, cv_below_clips=50).tune
+    folds = cv_splits(data, space)
+    pool = set(data.splits["train"].tolist()) | set(data.splits["val"].tolist())
+    test = set(data.splits["test"].tolist())
+    assert len(folds) == 3
+    assert sorted(i for d in folds for i in d.splits["val"].tolist()) == sorted(pool)   # each clip validates once
+    for d in folds:
+        tr, va = set(d.splits["train"].tolist()), set(d.splits["val"].tolist())
+        assert tr | va == pool and not tr & va and not (tr | va) & test
+        assert torch.equal(d.splits["test"], data.splits["test"])
+    assert cv_splits(data, tune_exp(cv_folds=3, cv_below_clips=len(data.splits["val"])).tune) == []
+    assert cv_splits(data, tune_exp(cv_folds=0, cv_below_clips=10_000).tune) == []
+
+
+@pytest.mark.slow   # two 5-trial 3-fold searches on 120 clips: ~10 s on an idle core
+def test_cross_validated_search_with_logreg_never_reads_test(tmp_path):
+    from heads.tune import search, tune_on_data
+
+    data = make_synthetic(120, {"x": (2, 8)}, 4, multilabel=False, signal=1.0, seed=5)
+    exp = tune_exp(trials=5, cv_folds=3, cv_below_clips=1000, heads=["linear", "mlp", "logreg"])
+    clean, dirty = search(exp, data), search(exp, poisoned(data))
+    assert [(t["state"], t["value"], t["params"]) for t in clean.trials] == \
+           [(t["state"], t["value"], t["params"]) for t in dirty.trials]
+    assert clean.summary()["split"] == "cv" and clean.summary()["cv_folds"] == 3
+    assert {t["state"] for t in clean.trials} <= {"COMPLETE", "PRUNED"}   # networks pruned fold by fold
+    assert {t["params"]["head"] for t in clean.trials} <= {"linear", "mlp", "logreg"}
+
+    only_lr = tune_exp(trials=3, cv_folds=3, cv_below_clips=1000, heads=["logreg"])
+    r = tune_on_data(only_lr, data, tmp_path, name="lr_tuned")
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["head"] == "logreg" and 1e-3 <= written["tuning"]["params"]["c"] <= 1e2
+    assert set(written["tuning"]["params"]) == {"head", "c"}
+    assert r["metrics"]["accuracy"]["mean"] > 0.5          # chance is 0.25
+
+
+def test_logreg_cannot_be_searched_on_the_loss():
+    from heads.tune import search
+
+    data = make_synthetic(60, {"x": (1, 4)}, 2, multilabel=False, seed=0)
+    exp = tune_exp(heads=["logreg", "mlp"])
+    exp = exp.model_copy(update={"train": exp.train.model_copy(update={"select_metric": "loss"})})
+    with pytest.raises(ValueError, match="loss"):
         search(exp, data)

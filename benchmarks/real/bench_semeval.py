@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))   # run as a script from benchmarks/real
 
 from emocache.config import load_config  # noqa: E402
-from heads.data import LABEL_SEP, carve_mask  # noqa: E402
+from heads.data import carve_mask  # noqa: E402
+from pipeline.datasets.base import TABLE_LABEL_SEP as LABEL_SEP  # noqa: E402
 from heads.metrics import multilabel_metrics, tune_thresholds  # noqa: E402
 
 REPORTED = ("f1_macro", "f1_micro", "jaccard", "mAP")
