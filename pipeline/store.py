@@ -268,10 +268,11 @@ class FeatureStore:
         docs = {s: d for s, d in docs.items() if s not in retired}
         pending = [s for s in pending if s not in retired]
         where = f"{key}/{fp}"
-        # each segment's signature is taken before its check, so a change after the check shows at the next open
-        sigs = self.backend.signatures(where, docs) if docs else {}
+        # each segment's signature is taken before its check, so a change after the check shows at the next open;
+        # one call for the new and the indexed segments (on object storage that is one listing)
+        wanted = list(docs) if self.trust_index else [*docs, *known]
+        now = self.backend.signatures(where, wanted, {s: d.get("files") for s, d in known.items()}) if wanted else {}
         if not self.trust_index:   # arrays can vanish or be damaged under a committed index: check changed ones
-            now = self.backend.signatures(where, known, {s: d.get("files") for s, d in known.items()})
             same = {s: d for s, d in known.items()
                     if d.get("sig") is not None and d["sig"] == now.get(s, {}).get("sig")}
             changed = {s: d for s, d in known.items() if s not in same}
@@ -280,7 +281,7 @@ class FeatureStore:
             checked = self._verified(key, fp, changed, now)
             trusted = trusted and len(same) == len(known)   # new signatures, or broken ones dropped from the blob
             known = {**same, **checked}
-        fresh = self._verified(key, fp, docs, sigs)
+        fresh = self._verified(key, fp, docs, now)
         committed = {**known, **fresh}
         if fresh or (not trusted and committed):
             on_disk = set(names)   # a compacted segment's `replaces` matter only while those segments exist
