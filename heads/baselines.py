@@ -44,9 +44,6 @@ class LogRegHead(HeadKind):
         head.record = FitRecord(seconds=time.perf_counter() - t0)
         return head
 
-    def fit_arrays(self, inputs: Inputs, y: np.ndarray) -> "LogRegHead":
-        return self.fit_pooled(mean_pooled(inputs), y)
-
     def fit_pooled(self, x: np.ndarray, y: np.ndarray) -> "LogRegHead":
         """x: (N, sum D) mean-pooled rows (mean_pooled)."""
         from sklearn.linear_model import LogisticRegression
