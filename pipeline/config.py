@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -113,8 +113,9 @@ class MediaConfig(Strict):
 # ---------------------------------------------------------------- datasets
 class SplitConfig(Strict):
     method: Literal["own", "group", "random"] = "group"
-    group_by: Optional[str] = None          # method group: clip annotation key to keep together (RAVDESS actor,
-                                            # repetition); None = the adapter's group (film, actor, dialogue)
+    # method group: the clip annotation key(s) to keep together (RAVDESS actor, repetition; a list = the cells of
+    # their combination, e.g. [statement, repetition]); None = the adapter's group (film, actor, dialogue)
+    group_by: Optional[Union[str, list[str]]] = None
     val: float = 0.1
     test: float = 0.2
     seed: int = 0

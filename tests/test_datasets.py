@@ -54,6 +54,26 @@ def test_ravdess_group_by_annotation_repetition_disjoint(make_config, shared_dat
         listing("take")
 
 
+def test_ravdess_group_by_statement_and_repetition_cells(make_config, shared_data):
+    """group_by as a list keeps the cells of the keys' combination together: (statement, repetition) gives four
+    cells of 30 clips; val 0.25 / test 0.25 put one cell in each, so val and test relate to train alike (each
+    holds every (actor, emotion, intensity) once per statement it covers)."""
+    cfg = make_config(datasets={"rav": {"adapter": "ravdess", "root": str(shared_data / "ravdess_subset"),
+                                        "split": {"method": "group", "group_by": ["statement", "repetition"],
+                                                  "val": 0.25, "test": 0.25, "seed": 0}}})
+    clips = list_dataset(cfg, "rav").clips
+    cells = {s: {(c.annotation["statement"], c.annotation["repetition"]) for c in clips if c.split == s}
+             for s in ("train", "val", "test")}
+    assert [len(cells[s]) for s in ("train", "val", "test")] == [2, 1, 1]
+    assert set().union(*cells.values()) == {(st, r) for st in ("Kids are talking by the door",
+                                                               "Dogs are sitting by the door") for r in (1, 2)}
+    assert sorted(sum(c.split == s for c in clips) for s in ("train", "val", "test")) == [30, 30, 60]
+    with pytest.raises(ValueError, match=r"group_by is \['statement', 'take'\].*no annotation 'take'"):
+        list_dataset(make_config(datasets={"rav": {"adapter": "ravdess", "root": str(shared_data / "ravdess_subset"),
+                                                   "split": {"method": "group", "group_by": ["statement", "take"]}}}),
+                     "rav")
+
+
 def test_renamed_file_keeps_its_id_and_same_clip_in_two_datasets(make_config, shared_data, tmp_path):
     src = shared_data / "ravdess_subset" / "Actor_01" / "03-01-05-01-01-01-01.wav"
     (tmp_path / "a").mkdir()

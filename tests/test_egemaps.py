@@ -106,3 +106,39 @@ def _loaded_chunked(make_config, name, chunk_seconds):
     ex = build_extractor(make_config(extractors={"egemaps": {"chunk_seconds": chunk_seconds}}), name)
     ex.load()
     return ex
+
+
+FAILING_WRITE_SCRIPT = """
+import numpy as np, opensmile
+from pipeline.audio import smile_stream
+smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                        feature_level=opensmile.FeatureLevel.Functionals)
+make = smile._smile
+class FailingWrite:
+    def __init__(self, engine): self.engine = engine
+    def __getattr__(self, k): return getattr(self.engine, k)
+    def external_audio_source_write_data(self, source, data): raise OSError("write refused (injected)")
+smile._smile = lambda options: FailingWrite(make(options=options))
+signal = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32) * 0.1
+refused = 0
+for _ in range(20):
+    try:
+        smile_stream.process_chunked(smile, signal, 16000, 16000)
+    except OSError:
+        refused += 1
+print("refused", refused)
+"""
+
+
+def test_failed_write_right_after_start_raises_and_does_not_crash():
+    """A write that fails as openSMILE's run() starts (disk gone, an interrupt) is re-raised, and the engine is
+    stopped cleanly: stopping it with engine.abort() there corrupted openSMILE's heap (a double free, abort)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", FAILING_WRITE_SCRIPT], cwd=root, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["refused", "20"]

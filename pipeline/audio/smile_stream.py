@@ -102,7 +102,12 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
         engine.external_audio_source_set_eoi(source)
         runner.join()
     except BaseException:
-        engine.abort()                # an interrupt (or a failed write): stop openSMILE, then re-raise
+        # An interrupt or a failed write: end the input, let openSMILE finish what it holds, then re-raise.
+        # Not engine.abort(): called while run() is starting it corrupts openSMILE's heap (double free).
+        try:
+            engine.external_audio_source_set_eoi(source)
+        except Exception:             # the engine already stopped: nothing left to end
+            pass
         runner.join()
         raise
     finally:

@@ -220,7 +220,8 @@ def list_ravdess(name: str, cfg: DatasetConfig, root: Path, problems: list[Probl
             continue
         clips.append(Clip(dataset=name, path=rel, labels=[meta["emotion"]],
                           text={"transcript": meta["statement"]}, group=f"actor{meta['actor']:02d}",
-                          annotation={k: meta[k] for k in ("intensity", "repetition", "actor")}, source=rel))
+                          annotation={k: meta[k] for k in ("intensity", "statement", "repetition", "actor")},
+                          source=rel))
     return clips
 
 

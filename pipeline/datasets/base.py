@@ -178,13 +178,16 @@ def build_vocab(clips: list[Clip], cfg: DatasetConfig, problems: list[Problem], 
 
 # ---------------------------------------------------------------- splits
 def split_group(c: Clip, split: SplitConfig) -> str:
-    """The unit a group split keeps together: the annotation value `split.group_by` names
-    (RAVDESS: actor, repetition, intensity), else the adapter's group (film/actor/dialogue)."""
-    if split.group_by and split.group_by != "group":
-        if split.group_by not in c.annotation:
-            raise DatasetError(f"{c.source}: split.group_by is {split.group_by!r} but the clip has no such annotation "
+    """The unit a group split keeps together: the annotation value(s) `split.group_by` names
+    (RAVDESS: actor, repetition, intensity, statement, or a list of them), else the adapter's group."""
+    keys = [split.group_by] if isinstance(split.group_by, str) else list(split.group_by or [])
+    if keys and keys != ["group"]:
+        missing = [k for k in keys if k not in c.annotation]
+        if missing:
+            raise DatasetError(f"{c.source}: split.group_by is {split.group_by!r} but the clip has no "
+                               f"annotation {', '.join(map(repr, missing))} "
                                f"(it has: {', '.join(sorted(c.annotation)) or 'none'})")
-        return f"{split.group_by}={c.annotation[split.group_by]}"
+        return "|".join(f"{k}={c.annotation[k]}" for k in keys)
     return c.group or c.clip_id or ""
 
 
