@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))   # run as a script from benchmarks/real
 
 from emocache.config import Config, load_config  # noqa: E402
 from heads.metrics import singlelabel_metrics  # noqa: E402
+from pipeline.threads import for_training  # noqa: E402
 
 REPORTED = ("accuracy", "f1_weighted", "f1_macro")
 
@@ -286,7 +287,8 @@ def _weights(method: dict) -> str:
 def _split_name(split: dict) -> str:
     if split["method"] == "own":
         return "own split"
-    return f"{split['method']} by {split.get('group_by') or 'adapter group'}"
+    by = split.get("group_by") or "adapter group"
+    return f"{split['method']} by {' x '.join(by) if isinstance(by, list) else by}"
 
 
 def markdown(doc: dict) -> str:
@@ -319,6 +321,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--metrics-dir", default="metrics", help="where `emocache train` wrote <experiment>.json")
     a = ap.parse_args(argv)
     cfg = load_config(a.params)
+    for_training(0)   # the heads' default plan (1 thread): sklearn's OpenMP sums depend on the thread count
     settings = Settings.model_validate(yaml.safe_load(Path(a.settings).read_text()))
     doc = run_benchmark(a.benchmark, cfg, settings, cfg.path(a.metrics_dir))
     out = cfg.path(getattr(settings, a.benchmark).out)
