@@ -151,7 +151,7 @@ class VGGishConfig(Strict):
     example_hop_frames: int = 96            # 96 = non-overlapping (reference); smaller = overlapping
     relu_output: bool = False               # TF reference: pre-activation embeddings
     postprocess: bool = False               # PCA + 8-bit quantisation
-    batch_examples: int = 256
+    batch_examples: int = 64                # activations 196 MB (256: 700 MB); same output, same speed
     chunk_seconds: float = 60.0             # long files are streamed in chunks of this many seconds
     weights_file: str = "vggish-10086976.pth"
     pca_file: str = "vggish_pca_params-970ea276.pth"

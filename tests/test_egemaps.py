@@ -142,3 +142,30 @@ def test_failed_write_right_after_start_raises_and_does_not_crash():
                          timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["refused", "20"]
+
+
+def test_whole_clip_levels_sized_for_the_clip_and_output_independent_of_the_estimate(monkeypatch, tmp_path):
+    """Functionals: the levels kept whole are sized for the clip (no doubling); an estimate far too small only
+    lets them grow again (same rows as process_signal); the include file is removed with the run."""
+    import tempfile
+
+    import opensmile
+
+    from pipeline.audio import smile_stream
+
+    inc = smile_stream.whole_level_buffers(tmp_path / "b.inc", 16000 * 60, 16000)
+    assert "nT = 7000" in inc.read_text() and "growDyn = 1" in inc.read_text()   # 6000 frames + the margin
+
+    audio = _generated_speechlike(12.0)
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    ref = smile.process_signal(audio, SR).to_numpy(np.float32)
+    runs = tmp_path / "tmp"
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))
+    for hop, margin in ((smile_stream.LLD_HOP_S, smile_stream.WHOLE_LEVEL_MIN_FRAMES), (1.0, 1)):   # as is; 100x short
+        monkeypatch.setattr(smile_stream, "LLD_HOP_S", hop)
+        monkeypatch.setattr(smile_stream, "WHOLE_LEVEL_MIN_FRAMES", margin)
+        rows = smile_stream.process_chunked(smile, audio, SR, 4000)
+        np.testing.assert_array_equal(rows.values, ref)
+    assert list(runs.iterdir()) == []

@@ -8,12 +8,17 @@ in a thread. openSMILE is a streaming engine: its frames and functionals do not 
 arrives, so the rows are those of `process_signal` (tests/test_egemaps.py compares them).
 
 The feature set computes its whole-clip functionals in both modes, and the levels they read grow with the clip
-(BufferMode.conf.inc; ~0.5 GB per hour of audio). For LLD output those levels become ring buffers and the
-(unused) functionals read short windows, so LLD extraction is flat in clip length but for its own rows. For
-functionals they must stay whole: percentiles and the like need every frame of the clip.
+(BufferMode.conf.inc). For LLD output those levels become ring buffers and the (unused) functionals read short
+windows, so LLD extraction is flat in clip length but for its own rows. For functionals they must stay whole:
+percentiles and the like need every frame of the clip. They are sized for the clip up front instead of
+starting at 1000 frames and doubling (which overshoots and holds old and new buffers while copying: 60 min of
+audio peaked 230 MB higher); what remains is openSMILE's own storage per 10 ms frame in each whole level, about
+0.9 GB per hour of audio (~2.5 KB per frame, mostly per-frame metadata, not the LLD values).
 """
 from __future__ import annotations
 
+import math
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ LLD_BUFFERS_CONFIG = Path(__file__).with_name("smile_lld_buffers.conf.inc")
 LLD_FUNCTIONALS_CONFIG = Path(__file__).with_name("smile_lld_functionals.conf.inc")
 INT16_SCALE = 32768          # opensmile's own float -> 16-bit conversion (Smile._extract)
 WRITE_RETRY_S = 0.001        # the ring buffer is full: wait this long for openSMILE to read from it
+LLD_HOP_S = 0.010            # the frame step of the levels the GeMAPS family's functionals keep whole
+WHOLE_LEVEL_MIN_FRAMES = 1000   # BufferMode.conf.inc's own start size; also the margin over the estimate
 
 
 @dataclass
@@ -57,6 +64,20 @@ class _Rows:
 
 def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int) -> SmileRows:
     """Run `smile` (an opensmile.Smile) over mono float32 `signal`, writing `chunk_samples` at a time."""
+    with tempfile.TemporaryDirectory(prefix="emocache-smile-") as tmp:
+        return _process_chunked(smile, signal, sample_rate, chunk_samples, Path(tmp))
+
+
+def whole_level_buffers(path: Path, n_samples: int, sample_rate: int) -> Path:
+    """A BufferMode include sizing the whole-clip levels for `n_samples` of audio (plus a margin). They may still
+    grow (growDyn) if a level holds more frames than estimated, so the output never depends on the estimate."""
+    frames = math.ceil(n_samples / sample_rate / LLD_HOP_S) + WHOLE_LEVEL_MIN_FRAMES
+    path.write_text("// emocache (pipeline/audio/smile_stream.py): BufferMode.conf.inc sized for this clip\n"
+                    f"writer.levelconf.growDyn = 1\nwriter.levelconf.isRb = 0\nwriter.levelconf.nT = {frames}\n")
+    return path
+
+
+def _process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int, tmp: Path) -> SmileRows:
     import pandas as pd
     from opensmile.core.config import config as smile_config
 
@@ -71,6 +92,8 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
         # levels the functionals read need not be kept
         options.update({"bufferModeConf": str(LLD_BUFFERS_CONFIG),
                         "frameModeFunctionalsConf": str(LLD_FUNCTIONALS_CONFIG)})
+    else:
+        options["bufferModeConf"] = str(whole_level_buffers(tmp / "buffer_mode.conf.inc", len(signal), sample_rate))
     engine = smile._smile(options=options)
     rows = _Rows(smile.num_features)
     engine.external_sink_set_callback_ex(smile_config.EXTERNAL_OUTPUT_COMPONENT, rows.add)
