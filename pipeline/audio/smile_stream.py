@@ -64,20 +64,6 @@ class _Rows:
 
 def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int) -> SmileRows:
     """Run `smile` (an opensmile.Smile) over mono float32 `signal`, writing `chunk_samples` at a time."""
-    with tempfile.TemporaryDirectory(prefix="emocache-smile-") as tmp:
-        return _process_chunked(smile, signal, sample_rate, chunk_samples, Path(tmp))
-
-
-def whole_level_buffers(path: Path, n_samples: int, sample_rate: int) -> Path:
-    """A BufferMode include sizing the whole-clip levels for `n_samples` of audio (plus a margin). They may still
-    grow (growDyn) if a level holds more frames than estimated, so the output never depends on the estimate."""
-    frames = math.ceil(n_samples / sample_rate / LLD_HOP_S) + WHOLE_LEVEL_MIN_FRAMES
-    path.write_text("// emocache (pipeline/audio/smile_stream.py): BufferMode.conf.inc sized for this clip\n"
-                    f"writer.levelconf.growDyn = 1\nwriter.levelconf.isRb = 0\nwriter.levelconf.nT = {frames}\n")
-    return path
-
-
-def _process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int, tmp: Path) -> SmileRows:
     import pandas as pd
     from opensmile.core.config import config as smile_config
 
@@ -92,9 +78,12 @@ def _process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples:
         # levels the functionals read need not be kept
         options.update({"bufferModeConf": str(LLD_BUFFERS_CONFIG),
                         "frameModeFunctionalsConf": str(LLD_FUNCTIONALS_CONFIG)})
+        engine = smile._smile(options=options)
     else:
-        options["bufferModeConf"] = str(whole_level_buffers(tmp / "buffer_mode.conf.inc", len(signal), sample_rate))
-    engine = smile._smile(options=options)
+        with tempfile.TemporaryDirectory(prefix="emocache-smile-") as tmp:
+            options["bufferModeConf"] = str(whole_level_buffers(Path(tmp) / "buffer_mode.conf.inc",
+                                                                len(signal), sample_rate))
+            engine = smile._smile(options=options)   # reads the config, includes and all, here
     rows = _Rows(smile.num_features)
     engine.external_sink_set_callback_ex(smile_config.EXTERNAL_OUTPUT_COMPONENT, rows.add)
     failure: list[BaseException] = []
@@ -146,3 +135,12 @@ def _process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples:
         times[0, 0] = 0.0
         times[-1, 1] = pd.to_timedelta(len(signal) / sample_rate, unit="s").total_seconds()
     return SmileRows(values, times)
+
+
+def whole_level_buffers(path: Path, n_samples: int, sample_rate: int) -> Path:
+    """A BufferMode include sizing the whole-clip levels for `n_samples` of audio (plus a margin). They may still
+    grow (growDyn) if a level holds more frames than estimated, so the output never depends on the estimate."""
+    frames = math.ceil(n_samples / sample_rate / LLD_HOP_S) + WHOLE_LEVEL_MIN_FRAMES
+    path.write_text("// emocache (pipeline/audio/smile_stream.py): BufferMode.conf.inc sized for this clip\n"
+                    f"writer.levelconf.growDyn = 1\nwriter.levelconf.isRb = 0\nwriter.levelconf.nT = {frames}\n")
+    return path
