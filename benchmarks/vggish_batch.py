@@ -86,7 +86,8 @@ def main() -> None:
                          "peak_extra_mb": max(r["peak_extra_mb"] for r in runs[b]),
                          "max_abs_diff_vs_256": float(np.abs(emb - ref).max()), "identical_to_256": bool(np.array_equal(emb, ref))})
     base = next(r for r in rows if r["batch_examples"] == BASELINE)["examples_per_s"]
-    print(f"VGGish embed, {a.examples} examples, {a.threads} thread(s), median of {a.repeats}:")
+    print(f"VGGish embed (NOT pretrained: seeded random weights of the exact architecture), {a.examples} examples, "
+          f"{a.threads} thread(s), median of {a.repeats}:")
     for r in rows:
         print(f"  batch {r['batch_examples']:>4}: {r['examples_per_s']:7.1f} examples/s = {r['examples_per_s'] / base:.2f}x "
               f"of batch {BASELINE}; activations {r['peak_extra_mb']:6.0f} MB; embeddings "
