@@ -81,6 +81,22 @@ def _dataset_names(cfg, names: Optional[list[str]]) -> list[str]:
     return names
 
 
+def _check_family(family: Optional[str]) -> Optional[str]:
+    """None (every family) or a family some registered extractor writes: an unknown one would otherwise run no
+    extractor, create an empty store of that name and exit 0."""
+    if family is None:
+        return None
+    from pipeline.extractors import load_all
+    from pipeline.extractors.base import EXTRACTORS
+
+    load_all()
+    known = sorted({cls.family for cls in EXTRACTORS.values()})
+    if family not in known:
+        typer.echo(f"error: unknown --family {family!r}; known: {', '.join(known)}", err=True)
+        raise typer.Exit(2)
+    return family
+
+
 # ---------------------------------------------------------------- datasets
 @datasets_app.command("list")
 def datasets_list(names: Optional[list[str]] = typer.Argument(None, help="datasets (default: all in params.yaml)"),
@@ -160,7 +176,7 @@ def datasets_add(name: str, source: str = typer.Argument(..., help="a CSV/TSV ma
 
 # ---------------------------------------------------------------- extract
 @app.command()
-def extract(family: Optional[str] = typer.Option(None, help="audio | text | video (default: all)"),
+def extract(family: Optional[str] = typer.Option(None, help="audio | text | video | text_states | audio_states (default: all)"),
             dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="datasets (default: all)"),
             params: str = PARAMS,
             summary_json: Optional[str] = typer.Option(None, help="write the run summary here"),
@@ -175,6 +191,7 @@ def extract(family: Optional[str] = typer.Option(None, help="audio | text | vide
 
     cfg = _config(params)
     names = _dataset_names(cfg, dataset)
+    family = _check_family(family)
     try:
         summary = run_extract(cfg, names, family)
     except KeyboardInterrupt:
@@ -206,12 +223,13 @@ app.add_typer(manifests_app, name="manifests")
 
 
 @manifests_app.command("write")
-def manifests_write(family: Optional[str] = typer.Option(None, help="audio | text | video (default: all)"),
+def manifests_write(family: Optional[str] = typer.Option(None, help="audio | text | video | text_states | audio_states (default: all)"),
                     dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="datasets (default: all)"),
                     params: str = PARAMS):
     """Rewrite the feature manifests from the store as it is (e.g. after pointing store.dir at a shared store)."""
     cfg = _config(params)
     names = _dataset_names(cfg, dataset)
+    family = _check_family(family)
     _write_manifests(cfg, names, family)
     typer.echo(f"manifests of {', '.join(names)} written under {_rel(cfg.path(cfg.store.manifests_dir), cfg)}")
 

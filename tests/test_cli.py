@@ -125,6 +125,16 @@ def test_datasets_list_show_and_unknown_name(project):
     assert bad.exit_code == 2 and "known: meld, mixed, rav" in bad.stderr
 
 
+def test_unknown_family_is_an_error_and_creates_no_store(project):
+    """An unknown --family used to run no extractor, create an empty store of that name and exit 0."""
+    p = project / "params.yaml"
+    for cmd in (["extract", "--family", "audo"], ["manifests", "write", "--family", "audo"]):
+        bad = run(*cmd, "--params", p, ok=False)
+        assert bad.exit_code == 2, cmd
+        assert "unknown --family 'audo'; known: audio, audio_states, text, text_states, video" in bad.stderr
+    assert not list((project / "cache").glob("audo*"))
+
+
 def test_datasets_add_folder_then_list(project, tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(project / "params.yaml", params)
