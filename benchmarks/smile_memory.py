@@ -91,5 +91,6 @@ def main() -> None:
             per_frame = (mb[hi] - mb[lo]) * 2 ** 20 / ((hi - lo) * 60 * FRAMES_PER_SECOND)
             print(f"{mode:>12}: {per_hour:6.0f} MB per hour, {per_frame:6.0f} bytes per frame")
 
+
 if __name__ == "__main__":
     main()

@@ -82,17 +82,12 @@ def _dataset_names(cfg, names: Optional[list[str]]) -> list[str]:
 
 
 def _check_family(family: Optional[str]) -> Optional[str]:
-    """None (every family) or a family some registered extractor writes: an unknown one would otherwise run no
-    extractor, create an empty store of that name and exit 0."""
-    if family is None:
-        return None
-    from pipeline.extractors import load_all
-    from pipeline.extractors.base import EXTRACTORS
+    """None (every family) or one of the family stores: an unknown one would otherwise run no extractor, create
+    an empty store of that name and exit 0."""
+    from pipeline.catalog import FAMILIES
 
-    load_all()
-    known = sorted({cls.family for cls in EXTRACTORS.values()})
-    if family not in known:
-        typer.echo(f"error: unknown --family {family!r}; known: {', '.join(known)}", err=True)
+    if family is not None and family not in FAMILIES:
+        typer.echo(f"error: unknown --family {family!r}; known: {', '.join(FAMILIES)}", err=True)
         raise typer.Exit(2)
     return family
 

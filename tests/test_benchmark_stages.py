@@ -13,19 +13,15 @@ import yaml
 
 from pipeline.extractors import load_all
 from pipeline.extractors.base import EXTRACTORS
+from test_dvc_stages import _code_deps
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "benchmarks" / "real"
-CODE = ("emocache", "heads", "pipeline")
 UP = "../../"
 
 
 def _yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
-
-
-def _root_code_deps(stage: dict) -> list[str]:
-    return [d for d in stage["deps"] if "${" not in d and d.split("/")[0] in CODE]
 
 
 def _covered(dep: str, deps: list[str]) -> bool:
@@ -74,7 +70,7 @@ def test_stages_depend_on_at_least_the_roots_code(real, stage, root_stage):
     mine = real["stages"][stage]
     mine = mine.get("do", mine)["deps"]
     theirs = real["root"][root_stage]
-    missing = [d for d in _root_code_deps(theirs.get("do", theirs)) if not _covered(d, mine)]
+    missing = [d for d in _code_deps(theirs.get("do", theirs)) if not _covered(d, mine)]
     assert missing == [], f"benchmarks/real stage {stage}: add {[UP + d for d in missing]} to its deps"
 
 
