@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/smile_memory.py                 # 10 and 60 minutes
     .venv/bin/python benchmarks/smile_memory.py --minutes 10
 
-Three runs per length, each a fresh process (peak RSS = ru_maxrss over what it held before openSMILE started):
+Four runs per length, each a fresh process (peak RSS = ru_maxrss over what it held before openSMILE started):
   lld          LLD output as extracted (the levels only the functionals read are ring buffers)
   lld_whole    LLD output, but those levels kept whole, as the functionals need them: what the levels cost
-  functionals  the functionals as extracted (whole levels + the functionals reading the whole clip)
+  one_pass     the functionals in one pass (whole levels + the functionals reading the whole clip), as
+               clips under extractors.egemaps.two_pass_seconds are extracted
+  two_pass     the functionals in two passes (pipeline/audio/smile_functionals.py), as longer clips are
 The signal is a 220 Hz tone with a 0.5 Hz amplitude swing plus a little noise, 16 kHz, generated a block at a
 time so no temporary of the whole clip inflates the baseline.
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(REPO))
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 10          # = extractors.egemaps.chunk_seconds in params.yaml
 TONE_HZ, SWING_HZ, NOISE = 220.0, 0.5, 0.01
-MODES = ("lld", "lld_whole", "functionals")
+MODES = ("lld", "lld_whole", "one_pass", "two_pass")
 FRAMES_PER_SECOND = 100    # eGeMAPS LLD frames every 10 ms
 
 
@@ -51,14 +53,15 @@ def child(mode: str, minutes: float) -> dict:
 
     sig = signal(minutes)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    level = opensmile.FeatureLevel.Functionals if mode == "functionals" else opensmile.FeatureLevel.LowLevelDescriptors
+    level = opensmile.FeatureLevel.LowLevelDescriptors if mode.startswith("lld") else opensmile.FeatureLevel.Functionals
     smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=level)
     with tempfile.TemporaryDirectory() as tmp:
         if mode == "lld_whole":   # the whole-clip level sizing the functionals get, under LLD output
             smile_stream.LLD_BUFFERS_CONFIG = smile_stream.whole_level_buffers(Path(tmp) / "whole.conf.inc",
                                                                                len(sig), SAMPLE_RATE)
         t0 = time.perf_counter()
-        rows = smile_stream.process_chunked(smile, sig, SAMPLE_RATE, CHUNK_SECONDS * SAMPLE_RATE)
+        rows = smile_stream.process_chunked(smile, sig, SAMPLE_RATE, CHUNK_SECONDS * SAMPLE_RATE,
+                                            two_pass_samples=0 if mode == "two_pass" else None)
         seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "minutes": minutes, "before_mb": round(before), "peak_mb": round(peak),

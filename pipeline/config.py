@@ -100,6 +100,9 @@ class MediaConfig(Strict):
     # Longer clips are recorded as failed ("over media.max_clip_seconds"), never decoded: one film must
     # not take the run (or, killed for memory, every rerun) down.
     max_clip_seconds: float = 7200.0
+    # Audio at least this long is decoded block by block into a temp file and read a slice at a time
+    # (pipeline/spilled_audio.py): the same samples, memory flat in clip length. null: always in memory.
+    spill_audio_seconds: Optional[float] = Field(600.0, ge=0)
     # Frames decoded per clip at most: a clip longer than max_frames / decode_fps is sampled at the lower
     # rate giving max_frames frames, so frame memory is flat in clip length (600 = one minute at 10 fps).
     max_frames: int = 600
@@ -169,6 +172,11 @@ class EGeMAPSConfig(Strict):
     # the signal goes to openSMILE in chunks of this many seconds (its wave ring buffer holds two): memory
     # stays flat in clip length; the output does not depend on it (pipeline/audio/smile_stream.py)
     chunk_seconds: float = Field(10.0, gt=0)
+    # clips at least this long compute whole-clip functionals in two openSMILE passes (pipeline/audio/
+    # smile_functionals.py): the same row, with memory for the frames' numbers only instead of ~0.9 GB per hour.
+    # Shorter clips take one pass (cheap at that length). At least 2 s: the second pass needs a windowed
+    # output row well before the end of the clip (the end-of-input marker)
+    two_pass_seconds: float = Field(60.0, ge=2.0)
 
 
 class TextConfig(Strict):

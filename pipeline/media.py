@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +24,7 @@ import numpy as np
 
 from pipeline import threads
 from pipeline.errors import InputError
+from pipeline.spilled_audio import SPILL_PREFIX, SpilledAudio, SpillWriter, remove_file
 
 
 class MediaError(InputError, RuntimeError):
@@ -284,22 +286,27 @@ def _seek(start: float, end: Optional[float]) -> dict:
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float = 0.0,
                  end: Optional[float] = None, timeout: float = 600.0,
-                 info: Optional["MediaInfo"] = None, resampler: str = "swr") -> np.ndarray:
+                 info: Optional["MediaInfo"] = None, resampler: str = "swr",
+                 spill_seconds: Optional[float] = None):
     """Mono float32 at `sample_rate`, resampled by `resampler` (pipeline/resample.py). swr / soxr: ffmpeg
     downmixes and resamples. resampy: as the VGGish reference, the file's own rate is read (libsndfile
-    in-process for plain audio files, else ffmpeg), channels are averaged, then resampy's kaiser_best."""
+    in-process for plain audio files, else ffmpeg), channels are averaged, then resampy's kaiser_best.
+
+    Audio of at least `spill_seconds` (None: never) is decoded block by block into a temp file and returned as
+    a SpilledAudio (pipeline/spilled_audio.py): the same samples, never all in memory."""
     from pipeline import resample
 
     p = _check_file(path)
     native = resample.decodes_native_rate(resampler)   # then a WAV header tells the file's rate
     if native and p.suffix.lower() in SOUNDFILE_SUFFIXES:
-        read = _read_soundfile(p, start, end, sample_rate)
+        read = _read_soundfile(p, start, end, sample_rate, spill_seconds)
         if read is not None:
             _log_decode("audio", str(p))
             if read[1].size == 0 and (end is None or end > start):
                 raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}")
-            return resample.resampy_kaiser_best(read[1], read[0], sample_rate) if read[1].size else read[1].astype(np.float32)
+            return _resampled(read[1], read[0], sample_rate)
     length = _segment_length(info, start, end)
+    spill = spill_seconds is not None and length is not None and length >= spill_seconds
     # room for the whole segment (+1 s slack; native: up to 48 kHz stereo); unknown length: an hour, grown
     # past that if needed
     per_second = NATIVE_BYTES_PER_SECOND if native else sample_rate * 4
@@ -307,25 +314,59 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     _log_decode("audio", str(p))
     # native: all channels come out and are averaged here, as the reference does (ffmpeg's downmix weights differ)
     mix = {} if native else {"ac": 1}
+    spill_wav = None
+    if spill:       # ffmpeg writes a WAV file (sizes filled in: it can seek), read back block by block
+        fd, spill_wav = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".wav")
+        os.close(fd)
+    target = spill_wav if spill else "pipe:"
     stream = _input(p, **threads.ffmpeg_input_options()).output(
-        "pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", map="0:a:0", **mix,
+        target, format="wav" if native or spill else "f32le", acodec="pcm_f32le", map="0:a:0", **mix,
+        **({"rf64": "auto"} if spill else {}),      # RF64 past 4 GB (hours of multichannel float32)
         **resample.ffmpeg_output_options(resampler, sample_rate), **_seek(start, end))
-    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
-    proc = _ffmpeg_pipe(args, timeout, capacity)
-    if proc.returncode != 0:
-        msg = _tail(proc.stderr)
-        # ffmpeg words a missing audio stream differently across versions.
-        if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
-            raise NoStreamError(f"{p}: no audio stream")
-        raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-    if native:
-        rate, audio = wav_float32(memoryview(proc.stdout), p, sample_rate)   # a view: no copy of the decoded bytes
-        audio = resample.resampy_kaiser_best(audio, rate, sample_rate) if audio.size else audio.astype(np.float32)
-    else:
-        audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *(["-y"] if spill else []),
+            *stream.get_args()]
+    try:
+        proc = _ffmpeg(args, timeout) if spill else _ffmpeg_pipe(args, timeout, capacity)
+        if proc.returncode != 0:
+            msg = _tail(proc.stderr)
+            # ffmpeg words a missing audio stream differently across versions.
+            if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
+                raise NoStreamError(f"{p}: no audio stream")
+            raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
+        if spill:
+            read = _read_soundfile(Path(spill_wav), 0.0, None, sample_rate if native else None, 0.0)
+            if read is None:
+                raise MediaError(f"{p}: ffmpeg's WAV output could not be read back ({spill_wav})")
+            rate, audio = read
+            audio = _resampled(audio, rate, sample_rate) if native else audio
+        elif native:
+            rate, audio = wav_float32(memoryview(proc.stdout), p, sample_rate)   # a view: no copy of the decoded bytes
+            audio = _resampled(audio, rate, sample_rate)
+        else:
+            audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
+    finally:
+        if spill_wav is not None:
+            remove_file(spill_wav)
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
+
+
+def _resampled(audio, rate: int, target_rate: int):
+    """resampy kaiser_best to the target rate: in memory for an array, block by block for a spilled clip."""
+    from pipeline import resample
+
+    if not audio.size:
+        return np.zeros(0, np.float32)
+    if not isinstance(audio, SpilledAudio):
+        return resample.resampy_kaiser_best(audio, rate, target_rate)
+    if rate == target_rate:
+        return audio                       # float32 already (_mono_dtype)
+    with SpillWriter(np.float32) as out:
+        for block in resample.resampy_kaiser_best_blocks(audio, rate, target_rate, SPILL_BLOCK_SAMPLES):
+            out.write(block)
+    audio.close()                          # the native-rate float64 samples are no longer needed
+    return out.finish()
 
 
 # Plain audio files libsndfile reads in-process (no ffmpeg process), as the VGGish reference reads WAV.
@@ -334,11 +375,12 @@ SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
 NATIVE_BYTES_PER_SECOND = 48000 * 2 * 4
 
 
-def _read_soundfile(p: Path, start: float, end: Optional[float],
-                    target_rate: int) -> Optional[tuple[int, np.ndarray]]:
+def _read_soundfile(p: Path, start: float, end: Optional[float], target_rate: Optional[int],
+                    spill_seconds: Optional[float] = None) -> Optional[tuple[int, np.ndarray]]:
     """(rate, mono samples, channels averaged) via soundfile, or None when libsndfile cannot read it (then
     ffmpeg decodes it). int16 comes out as x / 32768, the reference's scaling. Read a block at a time into one
-    mono buffer (see _channel_mean)."""
+    mono buffer (see _channel_mean), or into a SpilledAudio when the segment lasts `spill_seconds` or more.
+    `target_rate` None: no resampling follows (float32)."""
     import soundfile as sf
 
     try:
@@ -349,21 +391,33 @@ def _read_soundfile(p: Path, start: float, end: Optional[float],
             if first:
                 f.seek(min(first, f.frames))
             n = max(0, min(last, f.frames) - first)
-            out = np.empty(n, _mono_dtype(rate, target_rate))
+            dtype = _mono_dtype(rate, rate if target_rate is None else target_rate)
+            spill = spill_seconds is not None and n >= spill_seconds * rate
+            out = SpillWriter(dtype) if spill else np.empty(n, dtype)
             pos = 0
-            while pos < n:
-                block = f.read(min(MEAN_BLOCK_SAMPLES, n - pos), dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                out[pos:pos + len(block)] = _channel_mean(block)
-                pos += len(block)
+            try:
+                while pos < n:
+                    block = f.read(min(MEAN_BLOCK_SAMPLES, n - pos), dtype="float32", always_2d=True)
+                    if not len(block):
+                        break
+                    if spill:
+                        out.write(_channel_mean(block))
+                    else:
+                        out[pos:pos + len(block)] = _channel_mean(block)
+                    pos += len(block)
+            except BaseException:
+                if spill:
+                    out.discard()
+                raise
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
-    return rate, out[:pos]
+    return rate, (out.finish() if spill else out[:pos])
 
 
 # Rows per block of the channel mean: the result does not depend on it, only the transient float64 block does.
 MEAN_BLOCK_SAMPLES = 1 << 16
+# Output samples per block when a spilled clip is resampled (transient memory only; same samples)
+SPILL_BLOCK_SAMPLES = 1 << 20
 
 
 def _mono_dtype(rate: int, target_rate: int):

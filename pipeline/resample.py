@@ -124,3 +124,33 @@ def resampy_kaiser_best(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray:
     if y.shape[0] < n_out:   # resampy's last outputs only see the zeros past the end on their right wing
         y = np.concatenate([y, np.zeros(n_out - y.shape[0])])
     return y.astype(np.float32)
+
+
+def resampy_kaiser_best_blocks(x, sr_orig: int, sr_new: int, block_out: int):
+    """resampy_kaiser_best for a long clip that is read a slice at a time (a SpilledAudio): yields float32
+    output blocks of `block_out` samples, each from exactly the input samples its outputs weight.
+
+    Every block is scipy's upfirdn on its input slice (started at a multiple of `down`, so the polyphase phases
+    line up): the same sums, in the same order, as upfirdn over the whole clip. The in-memory path uses FFT
+    convolution for integer down-sampling, so there the two agree to float rounding (tests/test_spilled_audio.py)."""
+    from scipy.signal import upfirdn
+
+    n_in = len(x)
+    n_out = int(n_in * float(sr_new) / float(sr_orig))
+    if n_out < 1:
+        raise ValueError(f"{n_in} samples at {sr_orig} Hz are too few to resample to {sr_new} Hz")
+    h, up, down, lead = _polyphase_filter(int(sr_orig), int(sr_new))
+    taps = len(h)
+    for j0 in range(0, n_out, max(1, int(block_out))):
+        j1 = min(n_out, j0 + max(1, int(block_out)))
+        i0, i1 = lead + j0, lead + j1                      # upfirdn's output indices of this block
+        m_lo = max(0, -(-(i0 * down - (taps - 1)) // up))  # the first input an output of the block weights
+        m_hi = min(n_in - 1, (i1 - 1) * down // up)        # and the last
+        out = np.zeros(j1 - j0)
+        if m_lo <= m_hi:
+            m0 = m_lo // down * down
+            y = upfirdn(h, np.asarray(x[m0:m_hi + 1], dtype=np.float64), up, down)
+            k0 = i0 - m0 * up // down
+            got = y[k0:k0 + (j1 - j0)]
+            out[:len(got)] = got                           # past the reach of the last input: zeros, as resampy
+        yield out.astype(np.float32)

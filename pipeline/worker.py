@@ -243,7 +243,7 @@ class Worker:
         if "audio" in needs and rec.media:
             try:
                 cin.audio = media.decode_audio(rec.media, m.sample_rate, rec.start, rec.end, m.ffmpeg_timeout_s,
-                                               info=info, resampler=m.resampler)
+                                               info=info, resampler=m.resampler, spill_seconds=m.spill_audio_seconds)
             except media.NoStreamError as e:
                 empty["audio"] = str(e)
             except Exception as e:  # corrupt / unreadable media: the extractors needing audio fail

@@ -9,11 +9,11 @@ arrives, so the rows are those of `process_signal` (tests/test_egemaps.py compar
 
 The feature set computes its whole-clip functionals in both modes, and the levels they read grow with the clip
 (BufferMode.conf.inc). For LLD output those levels become ring buffers and the (unused) functionals read short
-windows, so LLD extraction is flat in clip length but for its own rows. For functionals they must stay whole:
-percentiles and the like need every frame of the clip. They are sized for the clip up front instead of
-starting at 1000 frames and doubling (which overshoots and holds old and new buffers while copying: 60 min of
-audio peaked 230 MB higher); what remains is openSMILE's own storage per 10 ms frame in each whole level, about
-0.9 GB per hour of audio (~2.5 KB per frame, mostly per-frame metadata, not the LLD values).
+windows, so LLD extraction is flat in clip length but for its own rows. For functionals of a long clip the
+frame-level work runs the same way and the functionals run in a second pass over the spilled frames
+(smile_functionals.py): the same row, with openSMILE holding the frames' values only. A short clip takes one
+pass with those levels whole, sized for the clip up front (not 1000 frames doubled: that overshoots and holds
+old and new buffers while copying); one pass costs openSMILE ~2.5 KB per 10 ms frame, ~0.9 GB per hour.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.audio import smile_functionals
+from pipeline.spilled_audio import as_signal
 
 INPUT_CONFIG = Path(__file__).with_name("smile_input.conf.inc")
 LLD_BUFFERS_CONFIG = Path(__file__).with_name("smile_lld_buffers.conf.inc")
@@ -62,30 +65,96 @@ class _Rows:
         self.n += 1
 
 
-def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int) -> SmileRows:
-    """Run `smile` (an opensmile.Smile) over mono float32 `signal`, writing `chunk_samples` at a time."""
-    import pandas as pd
-    from opensmile.core.config import config as smile_config
-
-    signal = np.asarray(signal, dtype=np.float32).reshape(-1)
+def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: int,
+                    two_pass_samples: int | None = None) -> SmileRows:
+    """Run `smile` (an opensmile.Smile) over mono float32 `signal`, writing `chunk_samples` at a time. A clip of
+    at least `two_pass_samples` (None: never) computes whole-clip functionals in two passes (smile_functionals.py)."""
+    signal = as_signal(signal)            # a spilled long clip stays on disk: only chunks are read
+    if signal.ndim != 1:
+        signal = signal.reshape(-1)
     chunk_samples = max(1, int(chunk_samples))
-    # opensmile's own option set (config file, sink level, buffer includes), with our ring-buffer source
+    lld = getattr(smile.feature_level, "name", smile.feature_level) == "LowLevelDescriptors"
+    options = _input_options(smile, sample_rate, chunk_samples)
+    if lld:
+        rows = _lld_pass(smile, options, signal, chunk_samples, smile.num_features)
+        return _finish_times(rows.values[:rows.n], rows.times[:rows.n], signal, sample_rate)
+    part = None
+    if two_pass_samples is not None and len(signal) >= max(1, two_pass_samples):
+        part = smile_functionals.split(Path(smile.config_path), options["sinkLevel"])
+    if part is not None:
+        with smile_functionals.temp_dir() as tmp:
+            values = _two_passes(smile, options, part, Path(tmp), signal, chunk_samples)
+        if values is not None:      # whole-clip rows: their bounds are the clip's (_finish_times)
+            return _finish_times(values, np.zeros((len(values), 2)), signal, sample_rate)
+    # one pass with the functionals' levels kept whole: a short clip, or a config without whole-clip functionals
+    with tempfile.TemporaryDirectory(prefix="emocache-smile-") as tmp:
+        options["bufferModeConf"] = str(whole_level_buffers(Path(tmp) / "buffer_mode.conf.inc",
+                                                            len(signal), sample_rate))
+        engine = smile._smile(options=options)   # reads the config, includes and all, here
+    rows = _Rows(smile.num_features)
+    _feed(engine, {_opensmile_names().EXTERNAL_OUTPUT_COMPONENT: rows.add}, signal, chunk_samples)
+    return _finish_times(rows.values[:rows.n], rows.times[:rows.n], signal, sample_rate)
+
+
+def _input_options(smile, sample_rate: int, chunk_samples: int) -> dict:
+    """opensmile's own option set (config file, sink level, buffer includes), with our ring-buffer source."""
     options = smile._options()
     options.update({"source": str(INPUT_CONFIG), "sampleRate": sample_rate, "nBits": 16,
                     "waveBufferSamples": 2 * chunk_samples})
-    if getattr(smile.feature_level, "name", smile.feature_level) == "LowLevelDescriptors":
-        # the feature set still computes its functionals; only the LLDs are output, so the whole-clip
-        # levels the functionals read need not be kept
-        options.update({"bufferModeConf": str(LLD_BUFFERS_CONFIG),
-                        "frameModeFunctionalsConf": str(LLD_FUNCTIONALS_CONFIG)})
-        engine = smile._smile(options=options)
-    else:
-        with tempfile.TemporaryDirectory(prefix="emocache-smile-") as tmp:
-            options["bufferModeConf"] = str(whole_level_buffers(Path(tmp) / "buffer_mode.conf.inc",
-                                                                len(signal), sample_rate))
-            engine = smile._smile(options=options)   # reads the config, includes and all, here
-    rows = _Rows(smile.num_features)
-    engine.external_sink_set_callback_ex(smile_config.EXTERNAL_OUTPUT_COMPONENT, rows.add)
+    return options
+
+
+def _opensmile_names():
+    from opensmile.core.config import config
+
+    return config
+
+
+def _frame_level(smile, options: dict):
+    """An engine for the frame-level work: the levels only whole-clip functionals read become ring buffers and
+    those functionals read short windows (their output is not used), so openSMILE's memory is flat in clip
+    length."""
+    return smile._smile(options={**options, "bufferModeConf": str(LLD_BUFFERS_CONFIG),
+                                 "frameModeFunctionalsConf": str(LLD_FUNCTIONALS_CONFIG)})
+
+
+def _lld_pass(smile, options: dict, signal: np.ndarray, chunk_samples: int, n_features: int) -> "_Rows":
+    rows = _Rows(n_features)
+    _feed(_frame_level(smile, options), {_opensmile_names().EXTERNAL_OUTPUT_COMPONENT: rows.add}, signal,
+          chunk_samples)
+    return rows
+
+
+def _two_passes(smile, options: dict, part, tmp: Path, signal, chunk_samples: int) -> np.ndarray | None:
+    """The whole-clip functionals' rows from a frame-level pass spilled to `tmp` (smile_functionals.py); None
+    when the clip gave the second pass nothing to read (no marker, or a level without frames)."""
+    levels = [smile_functionals.Level(name, tmp / f"level{i}.f32") for i, name in enumerate(part.levels)]
+    spills = smile_functionals.Spills(levels)
+    options = {**options, "sink": str(smile_functionals.sinks_include(tmp / "sinks.conf.inc", part.levels))}
+    try:
+        engine = _feed(_frame_level(smile, options), spills.callbacks(), signal, chunk_samples, keep=True)
+    finally:
+        spills.close()
+    try:
+        for i, lv in enumerate(levels):
+            name = f"{smile_functionals.SINK_PREFIX}{i}"
+            lv.fields = smile_functionals.fields_of([engine.external_sink_get_element_name(name, k)
+                                                     for k in range(engine.external_sink_get_num_elements(name))])
+    finally:
+        engine.free()
+    if any(not lv.seen for lv in levels):
+        return None
+    out = smile_functionals.run_functionals(part, levels, options["sinkLevel"], options, tmp,
+                                            {"loglevel": smile.loglevel, "log_file": smile.logfile,
+                                             "debug": smile.verbose})
+    return out.rows
+
+
+def _feed(engine, callbacks: dict, signal: np.ndarray, chunk_samples: int, keep: bool = False):
+    """Write `signal` into the engine's ring-buffer source while it runs in a thread, collecting its sinks'
+    frames through `callbacks` (sink component -> callback). The engine is freed unless `keep`."""
+    for name, cb in callbacks.items():
+        engine.external_sink_set_callback_ex(name, cb)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -96,11 +165,11 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
 
     runner = threading.Thread(target=run, name="opensmile", daemon=True)
     runner.start()
-    source = smile_config.EXTERNAL_SOURCE_COMPONENT
+    source = _opensmile_names().EXTERNAL_SOURCE_COMPONENT
     written = 0
     try:
         for s0 in range(0, len(signal), chunk_samples):
-            block = signal[s0:s0 + chunk_samples].copy()
+            block = np.array(signal[s0:s0 + chunk_samples], dtype=np.float32)
             block *= INT16_SCALE
             data = block.astype(np.int16).tobytes()
             while not engine.external_audio_source_write_data(source, data):
@@ -113,6 +182,10 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
             break                     # openSMILE stopped before taking everything
         engine.external_audio_source_set_eoi(source)
         runner.join()
+        if failure:
+            raise failure[0]
+        if written < len(signal):
+            raise RuntimeError(f"openSMILE stopped after {written} of {len(signal)} samples")
     except BaseException:
         # An interrupt or a failed write: end the input, let openSMILE finish what it holds, then re-raise.
         # Not engine.abort(): called while run() is starting it corrupts openSMILE's heap (double free).
@@ -121,16 +194,18 @@ def process_chunked(smile, signal: np.ndarray, sample_rate: int, chunk_samples: 
         except Exception:             # the engine already stopped: nothing left to end
             pass
         runner.join()
-        raise
-    finally:
         engine.free()
-    if failure:
-        raise failure[0]
-    if written < len(signal):
-        raise RuntimeError(f"openSMILE stopped after {written} of {len(signal)} samples")
-    values, times = rows.values[:rows.n], rows.times[:rows.n]
-    if rows.n:
-        # process_signal's timestamps go through pandas Timedelta (ns) and it pins the clip's own bounds
+        raise
+    if not keep:
+        engine.free()
+    return engine
+
+
+def _finish_times(values: np.ndarray, times: np.ndarray, signal, sample_rate: int) -> SmileRows:
+    """process_signal's timestamps go through pandas Timedelta (ns) and it pins the clip's own bounds."""
+    import pandas as pd
+
+    if len(values):
         times = pd.to_timedelta(times.reshape(-1), unit="s").total_seconds().to_numpy().reshape(-1, 2).copy()
         times[0, 0] = 0.0
         times[-1, 1] = pd.to_timedelta(len(signal) / sample_rate, unit="s").total_seconds()

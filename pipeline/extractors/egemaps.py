@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.audio.smile_stream import process_chunked
 from pipeline.config import EGeMAPSConfig, ExtractorSettings
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
+from pipeline.spilled_audio import as_signal
 
 
 class _OpenSmileExtractor(Extractor):
@@ -60,12 +61,13 @@ class _OpenSmileExtractor(Extractor):
     def _one(self, clip: ClipInput) -> ClipFeatures:
         if clip.audio is None:
             raise ValueError(f"{self.name}: clip {clip.clip_id!r} ({clip.path}) has no audio (no audio stream decoded)")
-        audio = np.asarray(clip.audio, dtype=np.float32)
+        audio = as_signal(clip.audio)      # a spilled long clip is read a chunk at a time
         if audio.ndim != 1:
             raise ValueError(f"{self.name}: clip {clip.clip_id!r} audio must be mono (S,), got shape {audio.shape}")
         # in chunks, not process_signal: that holds several copies of the whole clip (smile_stream.py)
         rows = process_chunked(self.smile, audio, clip.sample_rate,
-                               int(round(self.section.chunk_seconds * clip.sample_rate)))
+                               int(round(self.section.chunk_seconds * clip.sample_rate)),
+                               two_pass_samples=int(round(self.section.two_pass_seconds * clip.sample_rate)))
         measured = ~np.isnan(rows.values).all(axis=1)   # openSMILE measured nothing (process_signal: all-NaN)
         attrs = {"pretrained": True, "audio_seconds": round(len(audio) / clip.sample_rate, 4)}
         if not measured.any():

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import ExtractorSettings, VGGishConfig
 from pipeline.extractors.base import ClipFeatures, ClipInput, Extractor, WeightsInfo, register
+from pipeline.spilled_audio import as_signal
 from pipeline.weights import (MissingWeightsError, find_weights, missing_message, torch_hub_checkpoint_dir,
                               untrained_allowed, verify)
 
@@ -109,8 +110,8 @@ class VGGishExtractor(Extractor):
         if clip.sample_rate != self.vcfg.sample_rate:
             raise ValueError(f"vggish: clip {clip.clip_id!r} audio is {clip.sample_rate} Hz; VGGish needs "
                              f"{self.vcfg.sample_rate} Hz (decode with media.sample_rate = {self.vcfg.sample_rate})")
-        if np.asarray(clip.audio).ndim != 1:
-            raise ValueError(f"vggish: clip {clip.clip_id!r} audio must be mono (S,), got shape {np.shape(clip.audio)}")
+        if as_signal(clip.audio).ndim != 1:
+            raise ValueError(f"vggish: clip {clip.clip_id!r} audio must be mono (S,), got shape {clip.audio.shape}")
 
     def embed(self, examples) -> "np.ndarray":
         """(E, 96, 64) tensor on the device -> (E, 128) float32, in chunks of batch_examples (bounded memory)."""
@@ -155,7 +156,7 @@ class VGGishExtractor(Extractor):
             raise RuntimeError("vggish: call load() before extract_batch()")
         for clip in clips:
             self._check(clip)
-        waves = [np.asarray(c.audio, dtype=np.float32) for c in clips]
+        waves = [as_signal(c.audio) for c in clips]      # a spilled long clip is read a chunk at a time
         counts = [self.frontend.n_examples(len(w)) for w in waves]
         embeddings = self._embed_stream(self.frontend.example_blocks(waves))
         if self.postprocessor is not None:
