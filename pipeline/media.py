@@ -12,19 +12,18 @@ import re
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import ffmpeg
 import numpy as np
 
 from pipeline import threads
 from pipeline.errors import InputError
-from pipeline.spilled_audio import SPILL_PREFIX, SpilledAudio, SpillWriter, remove_file
+from pipeline.spilled_audio import SpilledAudio, SpillWriter
 
 
 class MediaError(InputError, RuntimeError):
@@ -124,10 +123,12 @@ def _ffmpeg(args: list[str], timeout: float, text: bool = False) -> subprocess.C
                           **({"text": True, "errors": "surrogateescape"} if text else {}))
 
 
-def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int) -> subprocess.CompletedProcess:
+def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int,
+                 sink: Optional[Callable[[memoryview], None]] = None) -> subprocess.CompletedProcess:
     """Run ffmpeg and read its stdout straight into one buffer (no bytes object + copy, which doubled the
     peak). `capacity` is an upper bound, not a cost: pages never written are never resident. The result's
-    stdout is a uint8 ndarray of exactly what ffmpeg wrote."""
+    stdout is a uint8 ndarray of exactly what ffmpeg wrote. With `sink`, the output is handed to it a block
+    at a time instead and nothing of it is kept (stdout is then empty)."""
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list[bytes] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
@@ -135,12 +136,17 @@ def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int) -> subprocess.C
     killed: list[bool] = []
     timer = threading.Timer(timeout, lambda: (killed.append(True), proc.kill()))
     timer.start()
-    buf = np.empty(max(1, capacity), dtype=np.uint8)
+    buf = np.empty(max(1, capacity if sink is None else PIPE_BLOCK_BYTES), dtype=np.uint8)
     pos, extra = 0, []
     try:
         view = memoryview(buf)
         while True:
-            if pos < len(buf):
+            if sink is not None:
+                n = proc.stdout.readinto(view)
+                if not n:
+                    break
+                sink(view[:n])
+            elif pos < len(buf):
                 n = proc.stdout.readinto(view[pos:])
                 if not n:
                     break
@@ -162,6 +168,10 @@ def _ffmpeg_pipe(args: list[str], timeout: float, capacity: int) -> subprocess.C
         raise subprocess.TimeoutExpired(args, timeout)
     out = np.concatenate([buf[:pos], *(np.frombuffer(c, np.uint8) for c in extra)]) if extra else buf[:pos]
     return subprocess.CompletedProcess(args, proc.returncode, out, b"".join(err))
+
+
+# stdout read per call when ffmpeg's output is streamed to a sink (a spilled decode)
+PIPE_BLOCK_BYTES = 1 << 20
 
 
 def check_length(info: "MediaInfo", start: float, end: Optional[float], max_seconds: Optional[float]) -> None:
@@ -314,39 +324,33 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float
     _log_decode("audio", str(p))
     # native: all channels come out and are averaged here, as the reference does (ffmpeg's downmix weights differ)
     mix = {} if native else {"ac": 1}
-    spill_wav = None
-    if spill:       # ffmpeg writes a WAV file (sizes filled in: it can seek), read back block by block
-        fd, spill_wav = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".wav")
-        os.close(fd)
-    target = spill_wav if spill else "pipe:"
     stream = _input(p, **threads.ffmpeg_input_options()).output(
-        target, format="wav" if native or spill else "f32le", acodec="pcm_f32le", map="0:a:0", **mix,
-        **({"rf64": "auto"} if spill else {}),      # RF64 past 4 GB (hours of multichannel float32)
+        "pipe:", format="wav" if native else "f32le", acodec="pcm_f32le", map="0:a:0", **mix,
         **resample.ffmpeg_output_options(resampler, sample_rate), **_seek(start, end))
-    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *(["-y"] if spill else []),
-            *stream.get_args()]
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *stream.get_args()]
+    # a long clip streams from ffmpeg's pipe into a spill file, channels averaged on the way (ffmpeg itself
+    # still opens only the one input file)
+    spilled = _SpillingPipe(p, native, sample_rate) if spill else None
     try:
-        proc = _ffmpeg(args, timeout) if spill else _ffmpeg_pipe(args, timeout, capacity)
+        proc = _ffmpeg_pipe(args, timeout, capacity, sink=spilled.feed if spilled else None)
         if proc.returncode != 0:
             msg = _tail(proc.stderr)
             # ffmpeg words a missing audio stream differently across versions.
             if any(m in msg for m in ("matches no streams", "does not contain any stream", "'0:a:0' for option 'map'")):
                 raise NoStreamError(f"{p}: no audio stream")
             raise MediaError(f"{p}: ffmpeg could not decode audio: {msg}")
-        if spill:
-            read = _read_soundfile(Path(spill_wav), 0.0, None, sample_rate if native else None, 0.0)
-            if read is None:
-                raise MediaError(f"{p}: ffmpeg's WAV output could not be read back ({spill_wav})")
-            rate, audio = read
-            audio = _resampled(audio, rate, sample_rate) if native else audio
+        if spilled is not None:
+            rate, audio = spilled.finish()
+            audio = _resampled(audio, rate, sample_rate)
         elif native:
             rate, audio = wav_float32(memoryview(proc.stdout), p, sample_rate)   # a view: no copy of the decoded bytes
             audio = _resampled(audio, rate, sample_rate)
         else:
             audio = proc.stdout[: len(proc.stdout) // 4 * 4].view(np.float32)
-    finally:
-        if spill_wav is not None:
-            remove_file(spill_wav)
+    except BaseException:
+        if spilled is not None:
+            spilled.discard()
+        raise
     if audio.size == 0 and (end is None or end > start):
         raise MediaError(f"{p}: decoded 0 audio samples{_segment_hint(start, end)}: {_tail(proc.stderr)}")
     return audio
@@ -367,6 +371,70 @@ def _resampled(audio, rate: int, target_rate: int):
             out.write(block)
     audio.close()                          # the native-rate float64 samples are no longer needed
     return out.finish()
+
+
+class _SpillingPipe:
+    """ffmpeg's audio output (float32 WAV with the file's channels, or mono f32le) written into a spill as
+    it arrives, channels averaged as `wav_float32` averages them; the WAV header is parsed from the stream's
+    first bytes (its sizes are not trusted: on a pipe ffmpeg cannot fill them in)."""
+
+    def __init__(self, path: Path, wav: bool, target_rate: int) -> None:
+        self.path, self.wav, self.target_rate = path, wav, target_rate
+        self.rate = None if wav else target_rate
+        self.channels = None if wav else 1
+        self.head = bytearray()
+        self.rest = b""
+        self.out: Optional[SpillWriter] = None if wav else SpillWriter(np.float32)
+
+    def feed(self, data: memoryview) -> None:
+        if self.out is None:                      # still in the WAV header
+            self.head += data
+            found = _wav_format(bytes(self.head), self.path)
+            if found is None:
+                if len(self.head) > WAV_HEADER_MAX_BYTES:
+                    raise MediaError(f"{self.path}: ffmpeg's WAV stream has no fmt/data chunk")
+                return
+            self.rate, self.channels, body = found
+            self.out = SpillWriter(_mono_dtype(self.rate, self.target_rate))
+            data, self.head = memoryview(bytes(self.head)[body:]), bytearray()
+        frame = 4 * self.channels
+        raw = self.rest + bytes(data)
+        whole = len(raw) // frame * frame
+        self.rest = raw[whole:]
+        if whole:
+            samples = np.frombuffer(raw[:whole], np.float32).reshape(-1, self.channels)
+            self.out.write(_channel_mean(samples))
+
+    def finish(self) -> tuple[int, SpilledAudio]:
+        if self.out is None:
+            raise MediaError(f"{self.path}: ffmpeg's WAV stream has no fmt/data chunk")
+        return self.rate, self.out.finish()
+
+    def discard(self) -> None:
+        if self.out is not None:
+            self.out.discard()
+
+
+# a WAV stream whose fmt/data chunks are not within this many bytes is not one ffmpeg wrote
+WAV_HEADER_MAX_BYTES = 1 << 16
+
+
+def _wav_format(head: bytes, path: Path) -> Optional[tuple[int, int, int]]:
+    """(rate, channels, offset of the samples) from the first bytes of a WAV stream; None: not all there yet."""
+    if len(head) >= 12 and (head[:4] != b"RIFF" or head[8:12] != b"WAVE"):
+        raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
+    pos, rate, channels = 12, None, 1
+    while pos + 8 <= len(head):
+        cid, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if cid == b"fmt ":
+            if pos + 16 > len(head):
+                return None
+            channels = max(1, int.from_bytes(head[pos + 10:pos + 12], "little"))
+            rate = int.from_bytes(head[pos + 12:pos + 16], "little")
+        elif cid == b"data":
+            return None if rate is None else (rate, channels, pos + 8)
+        pos += 8 + size + (size & 1)
+    return None
 
 
 # Plain audio files libsndfile reads in-process (no ffmpeg process), as the VGGish reference reads WAV.
@@ -435,29 +503,21 @@ def wav_float32(data: bytes, path: Path, target_rate: int) -> tuple[int, np.ndar
     """(sample rate, samples averaged over channels) of the float32 WAV ffmpeg wrote to a pipe. Chunk sizes
     are not trusted: on a pipe ffmpeg cannot seek back to fill them in, so data runs to the end of the bytes.
     Mono at the target rate is a view of `data`; otherwise the mean is taken a block at a time."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
-    pos, rate, channels = 12, None, 1
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
-        if cid == b"fmt ":
-            channels = max(1, int.from_bytes(data[pos + 10:pos + 12], "little"))
-            rate = int.from_bytes(data[pos + 12:pos + 16], "little")
-        elif cid == b"data":
-            if rate is None:
-                break
-            body = data[pos + 8:]
-            samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels],
-                                    dtype=np.float32).reshape(-1, channels)
-            dtype = _mono_dtype(rate, target_rate)
-            if channels == 1 and dtype == np.float32:
-                return rate, samples[:, 0]
-            out = np.empty(len(samples), dtype)
-            for s0 in range(0, len(samples), MEAN_BLOCK_SAMPLES):
-                out[s0:s0 + MEAN_BLOCK_SAMPLES] = _channel_mean(samples[s0:s0 + MEAN_BLOCK_SAMPLES])
-            return rate, out
-        pos += 8 + size + (size & 1)
-    raise MediaError(f"{path}: ffmpeg's WAV stream has no fmt/data chunk")
+    found = _wav_format(bytes(data[:WAV_HEADER_MAX_BYTES]), path)
+    if found is None:
+        if bytes(data[:4]) != b"RIFF":
+            raise MediaError(f"{path}: ffmpeg did not write a WAV stream")
+        raise MediaError(f"{path}: ffmpeg's WAV stream has no fmt/data chunk")
+    rate, channels, start = found
+    body = data[start:]
+    samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels], dtype=np.float32).reshape(-1, channels)
+    dtype = _mono_dtype(rate, target_rate)
+    if channels == 1 and dtype == np.float32:
+        return rate, samples[:, 0]
+    out = np.empty(len(samples), dtype)
+    for s0 in range(0, len(samples), MEAN_BLOCK_SAMPLES):
+        out[s0:s0 + MEAN_BLOCK_SAMPLES] = _channel_mean(samples[s0:s0 + MEAN_BLOCK_SAMPLES])
+    return rate, out
 
 
 def _segment_hint(start: float, end: Optional[float], duration: Optional[float] = None) -> str:
