@@ -5,10 +5,13 @@
     .venv/bin/python benchmarks/memory.py --audio-only     # the audio rows only
     .venv/bin/python benchmarks/memory.py --audio-only --audio-extractors vggish --vggish-batch 64 256
                                                            # one audio extractor, at several VGGish batches
+    .venv/bin/python benchmarks/memory.py --audio-only --audio-format aac48
+                                                           # 48 kHz stereo AAC: ffmpeg + resampy decode path
 
 The media are generated with ffmpeg's lavfi sources into a temp dir (nothing is committed): one minute of
 1280x720 testsrc video (MPEG-4, 5 fps), looped by stream copy to 10 and 60 minutes, and 16 kHz tone (WAV)
-of each audio length. Each extraction is a fresh `pipeline.extract.extract` process on a one-clip dataset; its peak RSS is
+of each audio length (--audio-format aac48: a 48 kHz stereo AAC tone, as films carry, decoded by ffmpeg and
+resampled by resampy). Each extraction is a fresh `pipeline.extract.extract` process on a one-clip dataset; its peak RSS is
 the child's ru_maxrss. Video: the `mobilenet` frame encoder (decode at media.decode_fps, T sampled frames),
 with media.max_frames as in params; the baseline is the same run with max_frames off (every frame at
 decode_fps decoded and held, as before), measured in the same run at 1 and 3 minutes (more would not fit
@@ -38,12 +41,18 @@ def ffmpeg(*args: str) -> None:
                    stdin=subprocess.DEVNULL, timeout=1800)
 
 
-def make_media(d: Path, minutes: list[float], audio_minutes: list[float]) -> dict:
+AUDIO_FORMATS = {   # name -> (file suffix, lavfi source, encoder options)
+    "wav16": (".wav", "sine=f=220:sample_rate=16000", ["-c:a", "pcm_s16le"]),
+    "aac48": (".m4a", "sine=f=220:sample_rate=48000", ["-ac", "2", "-c:a", "aac", "-b:a", "96k"]),
+}
+
+
+def make_media(d: Path, minutes: list[float], audio_minutes: list[float], audio_format: str = "wav16") -> dict:
     out = {}
+    suffix, source, encode = AUDIO_FORMATS[audio_format]
     for m in audio_minutes:
-        out[f"audio_{m:g}"] = d / f"audio_{m:g}min.wav"
-        ffmpeg("-f", "lavfi", "-i", "sine=f=220:sample_rate=16000", "-t", str(60 * m),
-               "-c:a", "pcm_s16le", str(out[f"audio_{m:g}"]))
+        out[f"audio_{m:g}"] = d / f"audio_{m:g}min{suffix}"
+        ffmpeg("-f", "lavfi", "-i", source, "-t", str(60 * m), *encode, str(out[f"audio_{m:g}"]))
     if not minutes:
         return out
     one = d / "video_1min.mp4"
@@ -108,6 +117,8 @@ def main() -> None:
     ap.add_argument("--audio-extractors", nargs="+", default=["egemaps", "vggish"], choices=["egemaps", "vggish"])
     ap.add_argument("--vggish-batch", type=int, nargs="+", default=[0],
                     help="extractors.vggish.batch_examples for the audio rows, one set of rows each (0: params default)")
+    ap.add_argument("--audio-format", choices=sorted(AUDIO_FORMATS), default="wav16",
+                    help="wav16: 16 kHz mono WAV (libsndfile); aac48: 48 kHz stereo AAC (ffmpeg, then resampy)")
     ap.add_argument("--child", nargs=5, metavar=("KIND", "MEDIA", "WORK", "MAX_FRAMES", "AUDIO"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -120,7 +131,7 @@ def main() -> None:
         args.minutes, args.no_baseline = [], True
     with tempfile.TemporaryDirectory(prefix="emocache-mem-") as tmp:
         d = Path(tmp)
-        files = make_media(d, args.minutes, args.audio_minutes)
+        files = make_media(d, args.minutes, args.audio_minutes, args.audio_format)
         rows = []
         for m in args.minutes:
             rss, secs = measure("video", files[f"video_{m:g}"], d / f"w_v{m:g}", max_frames)
@@ -136,6 +147,7 @@ def main() -> None:
         names = " + ".join(args.audio_extractors)
         for batch in args.vggish_batch:
             label = names + (f", vggish batch {batch}" if batch and "vggish" in args.audio_extractors else "")
+            label += "" if args.audio_format == "wav16" else f", {args.audio_format}"
             audio = {"extractors": args.audio_extractors, "vggish_batch": batch}
             for m in args.audio_minutes:
                 rss, secs = measure("audio", files[f"audio_{m:g}"], d / f"w_a{m:g}_{batch}", max_frames, audio)

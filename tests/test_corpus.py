@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 from emocache.config import Config
 from pipeline.datasets import list_dataset, read_clip_table
 from pipeline.extract import extract
+from pipeline.spilled_audio import SPILL_PREFIX
 from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +79,8 @@ def run(corpus):
         "base_dir": str(out), "store": {"dir": str(out / "cache"), "flush_clips": 4},
         "weights": {"dir": str(out / "weights"), "allow_untrained": ["vggish", "swin"]},
         "runtime": {"device": "cpu", "num_threads": 1, "batch_clips": 4},
-        "media": {"decode_fps": 5.0, "max_side": 320, "max_clip_seconds": 30},
-        "extractors": {"text": {"model": "minilm-bundled"},
+        "media": {"decode_fps": 5.0, "max_side": 320, "max_clip_seconds": 30, "spill_audio_seconds": 15},
+        "extractors": {"text": {"model": "minilm-bundled"}, "egemaps": {"two_pass_seconds": 15},
                        "video": {"frames_per_clip": 8, "detector": {"kind": "face"}}},
         "datasets": {"corpus": {
             "adapter": "csv", "root": str(out / "media"), "manifest": str(manifest), "labels": mc.LABELS,
@@ -88,12 +90,15 @@ def run(corpus):
     from pipeline import media
 
     trace, no_trace = start_ffmpeg_trace(out / "ffmpeg_traces")   # what every ffmpeg process opened
+    private_tmp = out / "tmp"            # the run's temp files (spills), apart from other processes'
+    private_tmp.mkdir(exist_ok=True)
     _arm_audit()
     crashes = []
     try:
         with pytest.MonkeyPatch.context() as mp:
             if trace is not None:
                 mp.setattr(media, "ffmpeg_exe", lambda: trace.wrapper)
+            mp.setattr(tempfile, "tempdir", str(private_tmp))
             listing = list_dataset(cfg, "corpus")
             summary = extract(cfg, ["corpus"], show_progress=False)
     except Exception as e:  # a crash of the run: reported by the tests, not raised from the fixture
@@ -102,7 +107,8 @@ def run(corpus):
     finally:
         audit, _AUDIT = _AUDIT, None
     return {"cfg": cfg, "out": out, "manifest": manifest, "listing": listing, "summary": summary,
-            "audit": audit, "crashes": crashes, "trace": trace, "no_trace": no_trace}
+            "audit": audit, "crashes": crashes, "trace": trace, "no_trace": no_trace,
+            "spills_left": {p.name for p in private_tmp.glob(SPILL_PREFIX + "*")}}
 
 
 def _stores(cfg: Config) -> dict[str, FeatureStore]:
@@ -225,10 +231,15 @@ def test_no_half_rows_and_audio_rows_match_duration(run):
             assert rows.times.shape[0] == math.floor(secs / VGGISH_EXAMPLE_S + 1e-6), rows.attrs
     df, _ = read_clip_table(run["cfg"], "corpus")
     by_path = {p: c for p, c, e in zip(df["path"], df["clip_id"], df["end"]) if e is None}   # whole files
-    sr_cases = {"stereo_8k.wav": 1.06, "stereo_48k.wav": 2.5}   # the 8 kHz prompt is 1.06 s long
+    sr_cases = {"stereo_8k.wav": 1.06, "stereo_48k.wav": 2.5,   # the 8 kHz prompt is 1.06 s long
+                "long_audio_20s.m4a": 20.0}                     # spilled: decoded into a temp file, read in slices
     for path, secs in sr_cases.items():
         attrs = st.read("vggish", [by_path[path]])[0].attrs
         assert abs(attrs["audio_seconds"] - secs) < 0.02, (path, attrs)
+
+
+def test_spilled_audio_leaves_no_temp_file(run):
+    assert run["spills_left"] == set()
 
 
 def test_long_text_is_truncated_and_says_so(run):

@@ -35,6 +35,15 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """Temp files (spills) go to this test's own dir, apart from other processes' (a concurrent run's spills)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
 def _spills() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob(SPILL_PREFIX + "*")}
 

@@ -203,6 +203,12 @@ def _long(root, outside, shared):
     ffmpeg("-stream_loop", "3", "-i", str(shared / HAMILTON), "-c", "copy", "-t", "40", str(root / "long_40s.mp4"))
 
 
+def _long_audio(root, outside, shared):
+    # 20 s of real speech (the 11 s recording looped), 48 kHz stereo AAC; the corpus run spills audio from 15 s
+    ffmpeg("-stream_loop", "1", "-i", str(shared / JFK), "-t", "20", "-ar", "48000", "-ac", "2", "-vn", *AUDIO_ENC,
+           str(root / "long_audio_20s.m4a"))
+
+
 def _symlink_loop(root, outside, shared):
     if not (root / "loop_a.mp4").is_symlink():
         os.symlink("loop_b.mp4", root / "loop_a.mp4")
@@ -302,6 +308,11 @@ CASES: list[Case] = [
          _all("failed", "rows", "failed"),
          "recorded as failed ('over media.max_clip_seconds'), nothing decoded; a film cannot take the run down",
          _long),
+    Case("audio over media.spill_audio_seconds (20 s, 48 kHz stereo AAC; limit 15 s)", "long_audio_20s.m4a",
+         _all("rows", "rows", "empty"),
+         "streamed from ffmpeg's pipe into a temp file, resampled in blocks and read in slices (the same samples as "
+         "in memory); eGeMAPS functionals in two passes (two_pass_seconds 15 in the corpus run); the temp file is "
+         "removed", _long_audio),
     Case("symlink loop", "loop_a.mp4", SKIPPED, "refused at listing: 'is a symlink loop' (file:line)",
          _symlink_loop, listed=False, problem="symlink loop"),
     Case("FIFO named like media", "fifo.wav", SKIPPED, "refused at listing: 'is a FIFO, not a media file'",
