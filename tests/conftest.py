@@ -146,3 +146,13 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def speechlike(seconds: float, seed: int = 0, sample_rate: int = 16000):
+    """A gliding, amplitude-modulated tone plus noise: voiced-looking frames that openSMILE measures."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = 0.3 * np.sin(2 * np.pi * (150 + 50 * np.sin(t)) * t) * (1 + np.sin(3 * t)) / 2
+    return (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import speechlike
 from pipeline.extractors.base import ClipInput, build_extractor
 from pipeline.media import decode_audio
 
@@ -77,21 +78,13 @@ def test_short_and_missing_audio(make_config):
         ex.extract_batch([ClipInput("no_audio_clip", audio=None)])
 
 
-def _generated_speechlike(seconds: float) -> np.ndarray:
-    """A gliding, amplitude-modulated tone plus noise: voiced-looking frames that openSMILE measures."""
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * SR)) / SR
-    tone = 0.3 * np.sin(2 * np.pi * (150 + 50 * np.sin(t)) * t) * (1 + np.sin(3 * t)) / 2
-    return (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-
-
 @pytest.mark.parametrize("name,level", [("egemaps", "Functionals"), ("egemaps_lld", "LowLevelDescriptors")])
 def test_chunked_equals_process_signal(make_config, name, level):
     """Fed in many small chunks (an odd size, not a multiple of openSMILE's 10 ms hop), openSMILE gives exactly
     the rows of the whole-signal `process_signal` the extractor used before."""
     import opensmile
 
-    audio = _generated_speechlike(12.0)
+    audio = speechlike(12.0)
     ex = _loaded_chunked(make_config, name, chunk_seconds=0.3717)
     f = ex.extract_batch([ClipInput("c", audio=audio)])[0]
     df = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
@@ -156,7 +149,7 @@ def test_whole_clip_levels_sized_for_the_clip_and_output_independent_of_the_esti
     inc = smile_stream.whole_level_buffers(tmp_path / "b.inc", 16000 * 60, 16000)
     assert "nT = 7000" in inc.read_text() and "growDyn = 1" in inc.read_text()   # 6000 frames + the margin
 
-    audio = _generated_speechlike(12.0)
+    audio = speechlike(12.0)
     smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                             feature_level=opensmile.FeatureLevel.Functionals)
     ref = smile.process_signal(audio, SR).to_numpy(np.float32)

@@ -7,18 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import speechlike
 from pipeline.audio import smile_config, smile_functionals, smile_stream
 from pipeline.extractors.base import ClipInput, build_extractor
 from pipeline.media import decode_audio
 
 SR = 16000
-
-
-def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    tone = 0.3 * np.sin(2 * np.pi * (150 + 50 * np.sin(t)) * t) * (1 + np.sin(3 * t)) / 2
-    return (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def _smile(feature_set: str):
@@ -45,10 +39,10 @@ def second_passes(monkeypatch):
 def _signals(shared_data) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     t = np.arange(9 * SR) / SR
-    out = {"speechlike 12.3 s": _speechlike(12.3), "silence 5 s": np.zeros(5 * SR, np.float32),
+    out = {"speechlike 12.3 s": speechlike(12.3), "silence 5 s": np.zeros(5 * SR, np.float32),
            "noise 7 s": (0.1 * rng.standard_normal(7 * SR)).astype(np.float32),
            "voiced to the last frame 9 s": (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32),
-           "2 s (the floor)": _speechlike(2.0, seed=3)}
+           "2 s (the floor)": speechlike(2.0, seed=3)}
     for rel in ("ravdess_subset/Actor_01/03-01-05-02-01-01-01.wav", "ravdess_subset/Actor_02/03-01-03-02-02-02-02.wav"):
         out[rel] = decode_audio(shared_data / rel, SR)
     return out
@@ -57,7 +51,7 @@ def _signals(shared_data) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("feature_set", ["eGeMAPSv02", "GeMAPSv01b", "ComParE_2016"])
 def test_two_passes_give_the_one_pass_row_bit_for_bit(shared_data, second_passes, feature_set):
     smile = _smile(feature_set)
-    signals = _signals(shared_data) if feature_set == "eGeMAPSv02" else {"speechlike 6.1 s": _speechlike(6.1)}
+    signals = _signals(shared_data) if feature_set == "eGeMAPSv02" else {"speechlike 6.1 s": speechlike(6.1)}
     for name, x in signals.items():
         ref = smile.process_signal(x, SR).to_numpy(np.float32)
         before = len(second_passes)
@@ -70,7 +64,7 @@ def test_two_passes_give_the_one_pass_row_bit_for_bit(shared_data, second_passes
 
 def test_clips_under_the_threshold_take_one_pass_and_the_extractor_uses_params(make_config, second_passes):
     """Below `two_pass_seconds` one pass; at or above it, two; the same row either way."""
-    audio = _speechlike(3.0)
+    audio = speechlike(3.0)
     rows = {}
     for seconds in (60.0, 3.0):
         ex = build_extractor(make_config(extractors={"egemaps": {"two_pass_seconds": seconds}}), "egemaps")
@@ -100,7 +94,7 @@ def test_split_of_egemaps_and_the_files_a_run_leaves(tmp_path, monkeypatch):
     runs = tmp_path / "tmp"
     runs.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(runs))
-    smile_stream.process_chunked(smile, _speechlike(4.0), SR, 4000, two_pass_samples=2 * SR)
+    smile_stream.process_chunked(smile, speechlike(4.0), SR, 4000, two_pass_samples=2 * SR)
     assert list(runs.iterdir()) == []
 
 
